@@ -1,0 +1,8 @@
+# Every pinned version of the test and cluster tooling, in one place.
+K8S_VERSION     := v1.37.2
+ETCD_VERSION    := v3.7.0
+COREDNS_VERSION := v1.14.6
+CRICTL_VERSION  := v1.37.0
+KIND_VERSION    := v0.33.0
+PAUSE_VERSION   := 3.10.2
+export K8S_VERSION ETCD_VERSION COREDNS_VERSION CRICTL_VERSION KIND_VERSION PAUSE_VERSION

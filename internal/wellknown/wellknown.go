@@ -1,0 +1,46 @@
+// Package wellknown holds the names k8secrets writes into the cluster and the
+// pod: labels, annotations, the field manager and the default mount directory.
+// They are part of the contract with users (selectors, dashboards, policies)
+// and between the Job and the agent, so they change only with a major version.
+package wellknown
+
+const (
+	// Domain prefixes every label and annotation key.
+	Domain = "k8secrets.io"
+
+	// FieldManager is the server-side apply field manager. Each injected
+	// Secret gets its own manager, FieldManager + "/" + the injection ID, so
+	// that injections of different Secrets into one workload own disjoint
+	// fields and removing one leaves the others untouched.
+	FieldManager = "k8secrets"
+
+	// LabelInjected marks a workload that carries at least one injection.
+	LabelInjected = Domain + "/injected"
+
+	// AnnotationSecretPrefix + ID on the pod template names the injected Secret.
+	AnnotationSecretPrefix = Domain + "/secret-"
+	// AnnotationHashPrefix + ID on the pod template holds the injection hash:
+	// a digest of the injection's intent (not of the Secret's data), so a
+	// rerun with the same intent changes nothing.
+	AnnotationHashPrefix = Domain + "/hash-"
+
+	// RefreshAnnotation on a Pod is changed by "k8secrets-job refresh" to make
+	// the kubelet resync that pod, and so its Secret volumes, at once.
+	RefreshAnnotation = Domain + "/refreshed-at"
+
+	// DefaultMountDir is the parent of the default mount path,
+	// DefaultMountDir/<secret>.
+	DefaultMountDir = "/var/run/secrets/k8secrets"
+
+	// AgentContainerPrefix + "-" + ID names the reload sidecar.
+	AgentContainerPrefix = "k8secrets-agent"
+	// VolumePrefix + ID names the Secret volume.
+	VolumePrefix = "k8secrets-"
+
+	// AgentPort serves the agent's /healthz, /readyz and /metrics.
+	AgentPort = 9533
+
+	// AgentUID is the agent's user when the app's user is unknown: the
+	// distroless "nonroot" user, as in the images.
+	AgentUID = 65532
+)
