@@ -1,0 +1,468 @@
+// Package config reads the agent's configuration from flags, K8SECRETS_AGENT_*
+// environment variables and an optional file, in that order of precedence,
+// into one typed Config. Viper stays inside this package.
+package config
+
+import (
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cast"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"golang.org/x/sys/unix"
+)
+
+// EnvPrefix prefixes the environment variables: --min-interval is
+// K8SECRETS_AGENT_MIN_INTERVAL.
+const EnvPrefix = "K8SECRETS_AGENT"
+
+// ErrInvalid wraps every configuration problem; main exits 2 on it.
+var ErrInvalid = errors.New("invalid configuration")
+
+// ErrHelp is returned when --help was asked for; the usage is printed.
+var ErrHelp = pflag.ErrHelp
+
+// Config is the agent's whole configuration.
+type Config struct {
+	Watch            []string
+	Reload           []string
+	Process          string
+	PIDFile          string
+	HTTPMethod       string
+	HTTPSuccessCodes string
+	HTTPTimeout      time.Duration
+	ExecTimeout      time.Duration
+	RestartGrace     time.Duration
+	RestartJitter    time.Duration
+	MinInterval      time.Duration
+	ResyncPeriod     time.Duration
+	Validation       string
+	Listen           string
+	LogFormat        string
+	Version          bool
+
+	// BackoffInitial and BackoffMax bound the retry delay of a failed
+	// reload. They are not flags: tests shorten them.
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+}
+
+// Default returns the defaults, each justified where it is set.
+func Default() Config {
+	return Config{
+		HTTPMethod:       "POST",
+		HTTPSuccessCodes: "2xx",
+		// A reload endpoint answers at once; 5s is generous without
+		// hiding a hung app for long.
+		HTTPTimeout: 5 * time.Second,
+		ExecTimeout: 30 * time.Second,
+		// Shorter than the pod's default terminationGracePeriodSeconds
+		// (30s) so a hung app is not kept for long, long enough to drain.
+		RestartGrace: 10 * time.Second,
+		// The Job updates every replica's volume within a second; 10s of
+		// jitter keeps them from restarting at the same moment.
+		RestartJitter: 10 * time.Second,
+		// Folds a burst (several Secrets updated together) into at most
+		// two reloads while the first change still reloads at once.
+		MinInterval: time.Second,
+		// inotify rarely loses events; a minute bounds the damage cheaply.
+		ResyncPeriod:   time.Minute,
+		Validation:     "auto",
+		Listen:         fmt.Sprintf(":%d", 9533),
+		LogFormat:      "auto",
+		BackoffInitial: 500 * time.Millisecond,
+		BackoffMax:     30 * time.Second,
+	}
+}
+
+const usageHead = `k8secrets-agent watches mounted Secret directories and reloads the app in
+place when their content changes.
+
+Usage:
+  k8secrets-agent --watch DIR --reload SPEC [flags]
+  k8secrets-agent version
+
+Reload specs (repeatable, run in order):
+  signal:NAME   send a signal (e.g. signal:SIGHUP) to the target processes
+  restart       end the target processes (SIGTERM, SIGKILL after
+                --restart-grace) so the kubelet restarts their containers
+  http:URL      send --http-method to URL
+  exec:COMMAND  run COMMAND in the agent's container (split like a shell
+                would, without a shell)
+
+Target processes (signal and restart):
+  --process NAME  processes whose /proc/PID/comm or executable base name is NAME
+  --pidfile PATH  the process whose PID is in PATH
+  neither         the main process of every other container of the pod: the
+                  processes whose parent PID is 0 in the pod's shared PID
+                  namespace (shareProcessNamespace: true), except PID 1 (the
+                  pause process), the agent itself and any other
+                  k8secrets-agent. Signalling needs the app's UID (runAsUser)
+                  or CAP_KILL.
+
+Every flag can be set as K8SECRETS_AGENT_<FLAG> (e.g. K8SECRETS_AGENT_MIN_INTERVAL;
+repeatable flags take comma-separated values) or in the --config file (YAML,
+JSON or TOML, keys named like the flags). Flags win over the environment,
+which wins over the file.
+
+Flags:
+`
+
+func newFlagSet(out io.Writer) *pflag.FlagSet {
+	d := Default()
+	fs := pflag.NewFlagSet("k8secrets-agent", pflag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.SortFlags = false
+	fs.StringArray("watch", nil, "directory of a mounted Secret to watch (repeatable)")
+	fs.StringArray("reload", nil, "how to reload: signal:NAME, restart, http:URL or exec:COMMAND (repeatable)")
+	fs.String("process", "", "target the processes named NAME (comm or executable base name)")
+	fs.String("pidfile", "", "target the process whose PID is in this file")
+	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
+	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
+	fs.Duration("http-timeout", d.HTTPTimeout, "timeout of an http: reload")
+	fs.Duration("exec-timeout", d.ExecTimeout, "timeout of an exec: reload")
+	fs.Duration("restart-grace", d.RestartGrace, "time between SIGTERM and SIGKILL for restart")
+	fs.Duration("restart-jitter", d.RestartJitter, "random delay up to this before restart, so replicas do not restart together")
+	fs.Duration("min-interval", d.MinInterval, "at most one reload per interval; changes inside it fold into one more reload")
+	fs.Duration("resync-period", d.ResyncPeriod, "rescan the directories this often in case events were lost (0 disables)")
+	fs.String("validate", d.Validation, "auto: refuse to reload a directory whose tls.crt and tls.key are not a valid, current pair; none")
+	fs.String("listen", d.Listen, "address of /healthz, /readyz and /metrics")
+	fs.String("log-format", d.LogFormat, "text or json (auto: json unless stderr is a terminal)")
+	fs.String("config", "", "optional configuration file")
+	fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(out, usageHead)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Load parses args (without the program name) and the environment. It
+// returns ErrHelp after printing the usage to out, and an error wrapping
+// ErrInvalid listing every problem. It does not call Validate when
+// --version is set.
+func Load(args []string, out io.Writer) (Config, error) {
+	fs := newFlagSet(out)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return Config{}, ErrHelp
+		}
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if fs.NArg() > 0 {
+		if fs.Arg(0) == "version" && fs.NArg() == 1 {
+			return Config{Version: true}, nil
+		}
+		return Config{}, fmt.Errorf("%w: unexpected arguments %q", ErrInvalid, fs.Args())
+	}
+
+	v := viper.New()
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	// Binding every flag also gives every key a default, which Unmarshal
+	// and AutomaticEnv need (viper issue 761).
+	if err := v.BindPFlags(fs); err != nil {
+		return Config{}, fmt.Errorf("bind flags: %w", err)
+	}
+
+	var problems []error
+	if file := v.GetString("config"); file != "" {
+		v.SetConfigFile(file)
+		if err := v.ReadInConfig(); err != nil {
+			problems = append(problems, fmt.Errorf("read config file %s: %w", file, err))
+		}
+		for _, k := range v.AllKeys() {
+			if fs.Lookup(k) == nil {
+				problems = append(problems, fmt.Errorf("config file %s: unknown key %q", file, k))
+			}
+		}
+	}
+
+	r := reader{v: v}
+	c := Default()
+	c.Version = r.bool("version")
+	c.Watch = r.list("watch")
+	c.Reload = r.list("reload")
+	c.Process = v.GetString("process")
+	c.PIDFile = v.GetString("pidfile")
+	c.HTTPMethod = v.GetString("http-method")
+	c.HTTPSuccessCodes = v.GetString("http-success-codes")
+	c.HTTPTimeout = r.duration("http-timeout")
+	c.ExecTimeout = r.duration("exec-timeout")
+	c.RestartGrace = r.duration("restart-grace")
+	c.RestartJitter = r.duration("restart-jitter")
+	c.MinInterval = r.duration("min-interval")
+	c.ResyncPeriod = r.duration("resync-period")
+	c.Validation = v.GetString("validate")
+	c.Listen = v.GetString("listen")
+	c.LogFormat = v.GetString("log-format")
+	problems = append(problems, r.problems...)
+	if c.Version {
+		return c, nil
+	}
+	problems = append(problems, c.problems()...)
+	if len(problems) > 0 {
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(problems...))
+	}
+	return c, nil
+}
+
+type reader struct {
+	v        *viper.Viper
+	problems []error
+}
+
+func (r *reader) duration(key string) time.Duration {
+	d, err := cast.ToDurationE(r.v.Get(key))
+	if err != nil {
+		r.problems = append(r.problems, fmt.Errorf("--%s: %q is not a duration (like 500ms, 10s, 1m)", key, fmt.Sprint(r.v.Get(key))))
+	}
+	return d
+}
+
+func (r *reader) bool(key string) bool {
+	b, err := cast.ToBoolE(r.v.Get(key))
+	if err != nil {
+		r.problems = append(r.problems, fmt.Errorf("--%s: %q is not a boolean", key, fmt.Sprint(r.v.Get(key))))
+	}
+	return b
+}
+
+// list reads a repeatable key: a list from flags or a file, or a
+// comma-separated string (CSV quoting allowed) from the environment.
+func (r *reader) list(key string) []string {
+	switch val := r.v.Get(key).(type) {
+	case nil:
+		return nil
+	case []string:
+		return val
+	case string:
+		if strings.TrimSpace(val) == "" {
+			return nil
+		}
+		rec, err := csv.NewReader(strings.NewReader(val)).Read()
+		if err != nil {
+			r.problems = append(r.problems, fmt.Errorf("%s_%s: %w", EnvPrefix, strings.ToUpper(strings.ReplaceAll(key, "-", "_")), err))
+			return nil
+		}
+		return rec
+	default:
+		s, err := cast.ToStringSliceE(val)
+		if err != nil {
+			r.problems = append(r.problems, fmt.Errorf("%s: not a list of strings", key))
+		}
+		return s
+	}
+}
+
+// Validate returns every problem of c at once, wrapped in ErrInvalid.
+func (c Config) Validate() error {
+	if p := c.problems(); len(p) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(p...))
+	}
+	return nil
+}
+
+func (c Config) problems() []error {
+	var p []error
+	add := func(format string, a ...any) { p = append(p, fmt.Errorf(format, a...)) }
+	if len(c.Watch) == 0 {
+		add("--watch: at least one directory is required")
+	}
+	for _, w := range c.Watch {
+		if strings.TrimSpace(w) == "" {
+			add("--watch: empty directory")
+		}
+	}
+	if len(c.Reload) == 0 {
+		add("--reload: at least one spec is required (signal:NAME, restart, http:URL or exec:COMMAND)")
+	}
+	targets := false
+	for _, s := range c.Reload {
+		r, err := ParseReload(s)
+		if err != nil {
+			p = append(p, err)
+			continue
+		}
+		targets = targets || r.Kind == "signal" || r.Kind == "restart"
+	}
+	if c.Process != "" && c.PIDFile != "" {
+		add("--process and --pidfile: set at most one")
+	}
+	if !targets && (c.Process != "" || c.PIDFile != "") {
+		add("--process/--pidfile: only used by signal: and restart reloads")
+	}
+	if c.HTTPMethod == "" || strings.ContainsAny(c.HTTPMethod, " \t/") {
+		add("--http-method: %q is not an HTTP method", c.HTTPMethod)
+	}
+	if _, err := ParseCodes(c.HTTPSuccessCodes); err != nil {
+		p = append(p, err)
+	}
+	positive := map[string]time.Duration{"--http-timeout": c.HTTPTimeout, "--exec-timeout": c.ExecTimeout, "--restart-grace": c.RestartGrace}
+	for _, name := range slices.Sorted(maps.Keys(positive)) {
+		if positive[name] <= 0 {
+			add("%s: must be positive, got %s", name, positive[name])
+		}
+	}
+	nonNeg := map[string]time.Duration{"--restart-jitter": c.RestartJitter, "--min-interval": c.MinInterval, "--resync-period": c.ResyncPeriod}
+	for _, name := range slices.Sorted(maps.Keys(nonNeg)) {
+		if nonNeg[name] < 0 {
+			add("%s: must not be negative, got %s", name, nonNeg[name])
+		}
+	}
+	if c.Validation != "auto" && c.Validation != "none" {
+		add("--validate: %q is not auto or none", c.Validation)
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		add("--listen: %q is not host:port: %v", c.Listen, err)
+	}
+	if c.LogFormat != "auto" && c.LogFormat != "text" && c.LogFormat != "json" {
+		add("--log-format: %q is not text or json", c.LogFormat)
+	}
+	return p
+}
+
+// Reload is one parsed --reload spec.
+type Reload struct {
+	Kind   string // "signal", "restart", "http" or "exec"
+	Signal syscall.Signal
+	URL    *url.URL
+	Args   []string
+}
+
+// ParseReload parses a --reload spec.
+func ParseReload(spec string) (Reload, error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "restart":
+		if arg != "" {
+			return Reload{}, fmt.Errorf("--reload %q: restart takes no argument", spec)
+		}
+		return Reload{Kind: "restart"}, nil
+	case "signal":
+		sig := unix.SignalNum(strings.ToUpper(arg))
+		if sig == 0 {
+			sig = unix.SignalNum("SIG" + strings.ToUpper(arg))
+		}
+		if sig == 0 {
+			return Reload{}, fmt.Errorf("--reload %q: %q is not a signal name (like SIGHUP)", spec, arg)
+		}
+		return Reload{Kind: "signal", Signal: sig}, nil
+	case "http":
+		u, err := url.Parse(arg)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return Reload{}, fmt.Errorf("--reload http:URL: %q is not an http or https URL", redact(arg))
+		}
+		return Reload{Kind: "http", URL: u}, nil
+	case "exec":
+		args, err := splitCommand(arg)
+		if err != nil {
+			return Reload{}, fmt.Errorf("--reload %q: %w", spec, err)
+		}
+		return Reload{Kind: "exec", Args: args}, nil
+	default:
+		return Reload{}, fmt.Errorf("--reload %q: not one of signal:NAME, restart, http:URL, exec:COMMAND", redact(spec))
+	}
+}
+
+func redact(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
+}
+
+// ParseCodes parses --http-success-codes: comma-separated codes (204),
+// ranges (200-299) and classes (2xx).
+func ParseCodes(s string) (func(int) bool, error) {
+	type span struct{ lo, hi int }
+	var spans []span
+	bad := fmt.Errorf("--http-success-codes: %q is not a list of codes, ranges (200-299) or classes (2xx)", s)
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(strings.ToLower(part))
+		switch {
+		case len(part) == 3 && strings.HasSuffix(part, "xx") && part[0] >= '1' && part[0] <= '5':
+			c := int(part[0]-'0') * 100
+			spans = append(spans, span{c, c + 99})
+		case strings.Contains(part, "-"):
+			a, b, _ := strings.Cut(part, "-")
+			lo, err1 := strconv.Atoi(a)
+			hi, err2 := strconv.Atoi(b)
+			if err1 != nil || err2 != nil || lo < 100 || hi > 599 || lo > hi {
+				return nil, bad
+			}
+			spans = append(spans, span{lo, hi})
+		default:
+			c, err := strconv.Atoi(part)
+			if err != nil || c < 100 || c > 599 {
+				return nil, bad
+			}
+			spans = append(spans, span{c, c})
+		}
+	}
+	return func(code int) bool {
+		for _, sp := range spans {
+			if code >= sp.lo && code <= sp.hi {
+				return true
+			}
+		}
+		return false
+	}, nil
+}
+
+// splitCommand splits an exec: command into arguments like a shell would,
+// for single and double quotes and backslashes, without expansions.
+func splitCommand(s string) ([]string, error) {
+	var args []string
+	var cur strings.Builder
+	inArg, quote := false, rune(0)
+	esc := false
+	for _, r := range s {
+		switch {
+		case esc:
+			cur.WriteRune(r)
+			esc = false
+		case r == '\\' && quote != '\'':
+			esc, inArg = true, true
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\'' || r == '"':
+			quote, inArg = r, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteRune(r)
+			inArg = true
+		}
+	}
+	if quote != 0 || esc {
+		return nil, errors.New("unterminated quote or escape")
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	if len(args) == 0 {
+		return nil, errors.New("empty command")
+	}
+	return args, nil
+}

@@ -1,0 +1,140 @@
+// Package metrics holds the agent's Prometheus metrics, all prefixed
+// k8secrets_agent_. It uses github.com/VictoriaMetrics/metrics rather than
+// client_golang: the same exposition format for a smaller idle footprint
+// (issue 3 measured 7.1 MiB against 8.9 MiB RSS for a skeleton agent).
+package metrics
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	vm "github.com/VictoriaMetrics/metrics"
+)
+
+const prefix = "k8secrets_agent_"
+
+// reloadBuckets spans a local HTTP call (sub-millisecond) to a restart with
+// its grace period (tens of seconds).
+var reloadBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// Agent is the agent's metric set. A nil *Agent records nothing, so tests
+// may pass nil.
+type Agent struct {
+	set *vm.Set
+}
+
+// New returns an empty set with the build info.
+func New(version string) *Agent {
+	m := &Agent{set: vm.NewSet()}
+	m.set.NewGauge(fmt.Sprintf(`%sbuild_info{version=%q}`, prefix, version), func() float64 { return 1 })
+	// Create the series users alert on, so they exist before the first event.
+	m.set.GetOrCreateCounter(prefix + "watch_errors_total")
+	m.set.GetOrCreateCounter(prefix + "resyncs_total")
+	m.set.GetOrCreateGauge(prefix+"last_reload_success_timestamp_seconds", nil)
+	return m
+}
+
+// Reload records one reload attempt of an action ("signal", "http",
+// "restart", "exec") with result "success" or "failure".
+func (m *Agent) Reload(action string, err error, d time.Duration) {
+	if m == nil {
+		return
+	}
+	result := "success"
+	if err != nil {
+		result = "failure"
+	}
+	m.set.GetOrCreateCounter(fmt.Sprintf(`%sreloads_total{action=%q,result=%q}`, prefix, action, result)).Inc()
+	m.set.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`%sreload_duration_seconds{action=%q}`, prefix, action), reloadBuckets).Update(d.Seconds())
+}
+
+// ReloadSucceeded records the time of the last reload whose actions all
+// succeeded.
+func (m *Agent) ReloadSucceeded(t time.Time) {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateGauge(prefix+"last_reload_success_timestamp_seconds", nil).Set(float64(t.UnixNano()) / 1e9)
+}
+
+// ContentChange counts a change of a watched directory's content.
+func (m *Agent) ContentChange(dir string) {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateCounter(fmt.Sprintf(`%scontent_changes_total{path=%q}`, prefix, dir)).Inc()
+}
+
+// InvalidContent counts content refused by validation (a broken TLS pair).
+func (m *Agent) InvalidContent(dir string) {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateCounter(fmt.Sprintf(`%sinvalid_content_total{path=%q}`, prefix, dir)).Inc()
+}
+
+// WatchError counts an error from the file watcher (including an inotify
+// queue overflow).
+func (m *Agent) WatchError() {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateCounter(prefix + "watch_errors_total").Inc()
+}
+
+// Resync counts a periodic rescan.
+func (m *Agent) Resync() {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateCounter(prefix + "resyncs_total").Inc()
+}
+
+// WatchedFiles sets the number of files in a watched directory.
+func (m *Agent) WatchedFiles(dir string, n int) {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateGauge(fmt.Sprintf(`%swatched_files{path=%q}`, prefix, dir), nil).Set(float64(n))
+}
+
+// WritePrometheus writes the set, then the Go runtime and process metrics,
+// in the Prometheus text format.
+func (m *Agent) WritePrometheus(w io.Writer) {
+	if m == nil {
+		return
+	}
+	m.set.WritePrometheus(w)
+	vm.WriteProcessMetrics(w)
+}
+
+// Value returns the value of a counter or gauge by its full name, for tests.
+func (m *Agent) Value(name string) float64 {
+	var b writerBuf
+	m.set.WritePrometheus(&b)
+	for _, line := range b.lines() {
+		if len(line) > len(name) && line[:len(name)] == name && line[len(name)] == ' ' {
+			v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+type writerBuf struct{ b []byte }
+
+func (w *writerBuf) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+func (w *writerBuf) lines() []string {
+	var out []string
+	start := 0
+	for i, c := range w.b {
+		if c == '\n' {
+			out = append(out, string(w.b[start:i]))
+			start = i + 1
+		}
+	}
+	return out
+}

@@ -1,0 +1,187 @@
+// Package reload tells the app to load new Secret content: by a signal, an
+// HTTP request, a command, or by ending its process so that the kubelet
+// restarts the container in place. Runner decides when: at once on the
+// first change, then at most once per interval, retrying failures with
+// capped exponential backoff.
+package reload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// Action is one way of reloading the app.
+type Action interface {
+	// Kind is the metric label: "signal", "http", "restart" or "exec".
+	Kind() string
+	Reload(ctx context.Context) error
+}
+
+// Signal sends Sig to the target processes.
+type Signal struct {
+	Sig    syscall.Signal
+	Target Target
+}
+
+// Kind implements Action.
+func (s *Signal) Kind() string { return "signal" }
+
+// Reload implements Action.
+func (s *Signal) Reload(context.Context) error {
+	procs, err := s.Target.Find()
+	if err != nil {
+		return fmt.Errorf("signal %s: %w", s.Target, err)
+	}
+	var errs []error
+	for _, p := range procs {
+		if err := kill(p, s.Sig); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func kill(p Process, sig syscall.Signal) error {
+	err := syscall.Kill(p.PID, sig)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("signal %s (pid %d): %w; run the agent as the app's user (runAsUser) or give it CAP_KILL", p.Comm, p.PID, err)
+	case errors.Is(err, syscall.ESRCH):
+		return fmt.Errorf("signal %s (pid %d): %w: %w", p.Comm, p.PID, ErrNoProcess, err)
+	default:
+		return fmt.Errorf("signal %s (pid %d): %w", p.Comm, p.PID, err)
+	}
+}
+
+// Restart ends the target processes, SIGTERM then SIGKILL after Grace, so
+// that the kubelet restarts their containers in place, for apps that cannot
+// reload. It first waits a random time up to Jitter, so that replicas whose
+// volumes were updated together do not all restart at once.
+type Restart struct {
+	Target Target
+	Grace  time.Duration
+	Jitter time.Duration
+}
+
+// Kind implements Action.
+func (r *Restart) Kind() string { return "restart" }
+
+// Reload implements Action.
+func (r *Restart) Reload(ctx context.Context) error {
+	if r.Jitter > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rand.N(r.Jitter)):
+		}
+	}
+	procs, err := r.Target.Find()
+	if err != nil {
+		return fmt.Errorf("restart %s: %w", r.Target, err)
+	}
+	var errs []error
+	var pending []Process
+	for _, p := range procs {
+		if err := kill(p, syscall.SIGTERM); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pending = append(pending, p)
+	}
+	proc := r.Target.ProcRoot
+	if proc == "" {
+		proc = "/proc"
+	}
+	deadline := time.Now().Add(r.Grace)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		pending = slices.DeleteFunc(pending, func(p Process) bool { return !alive(proc, p.PID) })
+	}
+	for _, p := range pending {
+		if err := kill(p, syscall.SIGKILL); err != nil && !errors.Is(err, ErrNoProcess) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// HTTP sends a request to the app's reload endpoint.
+type HTTP struct {
+	URL     *url.URL
+	Method  string
+	Success func(code int) bool
+	Client  *http.Client
+}
+
+// Kind implements Action.
+func (h *HTTP) Kind() string { return "http" }
+
+// Reload implements Action.
+func (h *HTTP) Reload(ctx context.Context) error {
+	target := h.URL.Redacted()
+	req, err := http.NewRequestWithContext(ctx, h.Method, h.URL.String(), http.NoBody)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", h.Method, target, err)
+	}
+	req.Header.Set("User-Agent", "k8secrets-agent")
+	resp, err := h.Client.Do(req)
+	if err != nil {
+		// url.Error repeats the URL; unwrap it to print the redacted one.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("%s %s: %w", h.Method, target, err)
+	}
+	// Drain a little so the connection is reused: a warm connection is
+	// what keeps a reload well under a millisecond.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if !h.Success(resp.StatusCode) {
+		return fmt.Errorf("%s %s: status %d", h.Method, target, resp.StatusCode)
+	}
+	return nil
+}
+
+// Exec runs a command in the agent's container (no shell: the image has
+// none).
+type Exec struct {
+	Args    []string
+	Timeout time.Duration
+}
+
+// Kind implements Action.
+func (e *Exec) Kind() string { return "exec" }
+
+// Reload implements Action. The command's output is not logged: it could
+// echo the Secret.
+func (e *Exec) Reload(ctx context.Context) error {
+	if e.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.Timeout)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, e.Args[0], e.Args[1:]...)
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("exec %s: %w", e.Args[0], err)
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package reload
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/k8secrets/k8secrets/agent/internal/metrics"
+)
+
+// RunnerOptions configure a Runner.
+type RunnerOptions struct {
+	// Actions run in order on every reload.
+	Actions []Action
+	// MinInterval is the least time between the starts of two reloads.
+	MinInterval time.Duration
+	// BackoffInitial and BackoffMax bound the retry delay after a failure,
+	// which doubles from the first to the second.
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+	// Gate, when set, may refuse a reload (invalid content): the reload is
+	// dropped, and the change that fixes the content will trigger one.
+	Gate    func() error
+	Logger  *slog.Logger
+	Metrics *metrics.Agent
+}
+
+// Runner runs the actions when notified. The first change reloads at once
+// (leading edge); changes that arrive while a reload runs, or within
+// MinInterval of the last one, fold into exactly one more reload when the
+// interval ends (trailing edge). So a burst of any length ends with a reload
+// that saw its final content, and no change is lost.
+type Runner struct {
+	opts    RunnerOptions
+	log     *slog.Logger
+	notify  chan struct{}
+	running atomic.Bool
+}
+
+// NewRunner returns a Runner; start it with Run.
+func NewRunner(opts RunnerOptions) *Runner {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.BackoffInitial <= 0 {
+		opts.BackoffInitial = time.Second
+	}
+	if opts.BackoffMax < opts.BackoffInitial {
+		opts.BackoffMax = opts.BackoffInitial
+	}
+	return &Runner{opts: opts, log: opts.Logger, notify: make(chan struct{}, 1)}
+}
+
+// Notify records a change. It never blocks: pending changes fold into one.
+func (r *Runner) Notify() {
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Alive reports whether Run is running.
+func (r *Runner) Alive() bool { return r.running.Load() }
+
+// Run reloads on notifications until ctx is done.
+func (r *Runner) Run(ctx context.Context) {
+	r.running.Store(true)
+	defer r.running.Store(false)
+	var last time.Time // start of the last reload
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.notify:
+		}
+		if wait := r.opts.MinInterval - time.Since(last); !last.IsZero() && wait > 0 {
+			if !sleep(ctx, wait) {
+				return
+			}
+		}
+		// Changes seen from here on are read by this reload or cause
+		// another: drain what the wait folded.
+		select {
+		case <-r.notify:
+		default:
+		}
+		last = time.Now()
+		r.reload(ctx)
+	}
+}
+
+// reload runs the actions, retrying from the failed one with backoff until
+// they all succeed. A change that arrives during the backoff restarts the
+// sequence from the first action, since the earlier ones have not seen it.
+func (r *Runner) reload(ctx context.Context) {
+	if r.opts.Gate != nil {
+		if err := r.opts.Gate(); err != nil {
+			r.log.Warn("not reloading: the content is invalid", "err", err)
+			return
+		}
+	}
+	from := 0
+	delay := r.opts.BackoffInitial
+	failed := false
+	for {
+		var err error
+		for i := from; i < len(r.opts.Actions); i++ {
+			a := r.opts.Actions[i]
+			start := time.Now()
+			err = a.Reload(ctx)
+			r.opts.Metrics.Reload(a.Kind(), err, time.Since(start))
+			if err != nil {
+				from = i
+				break
+			}
+		}
+		if err == nil {
+			r.opts.Metrics.ReloadSucceeded(time.Now())
+			if failed {
+				r.log.Info("reloaded after retries")
+			} else {
+				r.log.Info("reloaded")
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		failed = true
+		r.log.Warn("reload failed; retrying", "action", r.opts.Actions[from].Kind(), "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.notify:
+			// New content: retry now from the start, after the gate.
+			from = 0
+			if !sleep(ctx, min(delay, r.opts.MinInterval)) {
+				return
+			}
+			if r.opts.Gate != nil {
+				if err := r.opts.Gate(); err != nil {
+					r.log.Warn("not reloading: the content is invalid", "err", err)
+					return
+				}
+			}
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, r.opts.BackoffMax)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/k8secrets/k8secrets/agent/internal/certs"
+	"github.com/k8secrets/k8secrets/agent/internal/config"
+	"github.com/k8secrets/k8secrets/agent/internal/health"
+	"github.com/k8secrets/k8secrets/agent/internal/metrics"
+	"github.com/k8secrets/k8secrets/agent/internal/reload"
+	"github.com/k8secrets/k8secrets/agent/internal/watch"
+	"github.com/k8secrets/k8secrets/internal/version"
+)
+
+// shutdownTimeout keeps the whole stop under the one second the pod's
+// termination expects of a sidecar.
+const shutdownTimeout = 500 * time.Millisecond
+
+// run serves until ctx is done; it returns nil then, and an error if the
+// agent cannot run.
+func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	return serve(ctx, cfg, logger, ln)
+}
+
+// serve is run on a listener the caller opened (tests use port 0).
+func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
+	defer ln.Close()
+	m := metrics.New(version.Version)
+	actions, err := buildActions(cfg)
+	if err != nil {
+		return err
+	}
+
+	var runner *reload.Runner
+	wopts := watch.Options{
+		Dirs:         cfg.Watch,
+		ResyncPeriod: cfg.ResyncPeriod,
+		OnChange:     func(string) { runner.Notify() },
+		Logger:       logger,
+		Metrics:      m,
+	}
+	if cfg.Validation == "auto" {
+		wopts.Validate = func(files map[string][]byte) error { return certs.Check(files, time.Now()) }
+	}
+	watcher := watch.New(wopts)
+	runner = reload.NewRunner(reload.RunnerOptions{
+		Actions:        actions,
+		MinInterval:    cfg.MinInterval,
+		BackoffInitial: cfg.BackoffInitial,
+		BackoffMax:     cfg.BackoffMax,
+		Gate:           watcher.Invalid,
+		Logger:         logger,
+		Metrics:        m,
+	})
+
+	srv := &http.Server{
+		Handler: health.Handler(health.Checks{
+			Alive:   func() bool { return watcher.Alive() && runner.Alive() },
+			Ready:   watcher.Ready,
+			Metrics: m.WritePrometheus,
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	runnerDone := make(chan struct{})
+	go func() { runner.Run(ctx); close(runnerDone) }()
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- watcher.Run(ctx) }()
+
+	logger.Info("k8secrets-agent started", "version", version.Version, "watch", cfg.Watch, "listen", ln.Addr().String())
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-watchErr:
+		if err != nil {
+			runErr = fmt.Errorf("watcher stopped: %w", err)
+		}
+	case err := <-srvErr:
+		runErr = fmt.Errorf("serve %s: %w", cfg.Listen, err)
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		logger.Warn("stop serving", "err", err)
+	}
+	<-runnerDone
+	if runErr == nil {
+		logger.Info("k8secrets-agent stopped")
+	}
+	return runErr
+}
+
+func buildActions(cfg config.Config) ([]reload.Action, error) {
+	codes, err := config.ParseCodes(cfg.HTTPSuccessCodes)
+	if err != nil {
+		return nil, err
+	}
+	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile}
+	client := &http.Client{
+		Timeout: cfg.HTTPTimeout,
+		Transport: &http.Transport{
+			Proxy:               nil, // the app is local: never through a proxy
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   false,
+		},
+	}
+	var actions []reload.Action
+	for _, spec := range cfg.Reload {
+		r, err := config.ParseReload(spec)
+		if err != nil {
+			return nil, err
+		}
+		switch r.Kind {
+		case "signal":
+			actions = append(actions, &reload.Signal{Sig: r.Signal, Target: target})
+		case "restart":
+			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
+		case "http":
+			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Client: client})
+		case "exec":
+			actions = append(actions, &reload.Exec{Args: r.Args, Timeout: cfg.ExecTimeout})
+		}
+	}
+	return actions, nil
+}
