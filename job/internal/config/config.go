@@ -1,0 +1,372 @@
+// Package config parses the Job's command line, K8SECRETS_* environment
+// variables and an optional config file, in that order of precedence, into
+// one typed Config, and validates it before any API call.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/k8secrets/k8secrets/internal/version"
+	"github.com/k8secrets/k8secrets/internal/wellknown"
+)
+
+// ErrInvalid wraps every bad-input error: exit code 2.
+var ErrInvalid = errors.New("invalid input")
+
+// ErrHelp is returned when --help was asked for; the help has been printed.
+var ErrHelp = errors.New("help requested")
+
+// Commands.
+const (
+	Inject  = "inject"
+	Remove  = "remove"
+	Status  = "status"
+	Version = "version"
+)
+
+// Config is everything one run of the Job needs.
+type Config struct {
+	Command string
+
+	Selector  string
+	Secret    string
+	Namespace string // empty: the context's or the pod's namespace
+
+	Kubeconfig string
+	Context    string
+
+	MountPath  string // empty: DefaultMountPath(Secret)
+	Containers []string
+
+	Agent      bool
+	AgentImage string
+	Reload     string
+
+	DryRun    bool
+	Timeout   time.Duration
+	Output    string
+	LogFormat string
+}
+
+// DefaultAgentImage is the agent image of the same release as this Job.
+func DefaultAgentImage() string {
+	return "ghcr.io/k8secrets/k8secrets-agent:" + version.Version
+}
+
+// DefaultMountPath is where the Secret is mounted unless --mount-path says
+// otherwise.
+func DefaultMountPath(secret string) string {
+	return path.Join(wellknown.DefaultMountDir, secret)
+}
+
+// ExitCodes is the table printed in --help and the README.
+const ExitCodes = `Exit codes:
+  0  success, or nothing to do
+  1  any other error
+  2  bad input (selector, names, flags); nothing was read or changed
+  3  the Secret is missing or cannot be mounted (wrong type, empty, forbidden)
+  4  the plan was rejected: a conflict found while planning, or a server-side
+     dry-run rejection (validation, admission, quota); nothing was changed
+  5  a rollout failed and that workload was rolled back
+  6  the rollback failed too: the message names the objects that need attention
+  7  another run holds the lock for this Secret`
+
+// Parse reads args (without the program name), the environment and the
+// optional config file. It prints help and usage to out. Bad input returns
+// an error wrapping ErrInvalid that lists every problem.
+func Parse(args []string, env func(string) (string, bool), out io.Writer) (Config, error) {
+	var cfg Config
+	var parseErr error
+	root := &cobra.Command{
+		Use:   "k8secrets-job",
+		Short: "Mount a Secret into running workloads, with a reload sidecar, safely",
+		Long: `k8secrets-job mounts an existing Secret into the Deployments, StatefulSets and
+DaemonSets whose running pods match a label selector, adds the k8secrets reload
+agent, checks every change with a server-side dry-run, then rolls the workloads
+out one at a time and rolls back what fails.
+
+Flags may also be set as K8SECRETS_<FLAG> environment variables (dashes become
+underscores) or in a --config file (YAML, JSON or TOML, keys named as the flags).
+Command-line flags win over the environment, which wins over the file.
+
+` + ExitCodes,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	root.SetErr(out)
+	root.SetArgs(args)
+	root.SetGlobalNormalizationFunc(normalize)
+	root.CompletionOptions.DisableDefaultCmd = true
+
+	pf := root.PersistentFlags()
+	pf.StringP("namespace", "n", "", "namespace of the Secret and the workloads (default: the context's, or the pod's when run in a cluster)")
+	pf.String("kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+	pf.String("context", "", "kubeconfig context to use")
+	pf.StringP("output", "o", "text", "report format: text or json")
+	pf.String("log-format", "text", "log format: text or json")
+	pf.String("config", "", "optional config file")
+	pf.Duration("timeout", 5*time.Minute, "how long to wait for each workload's rollout before rolling it back")
+
+	selection := func(fs *pflag.FlagSet, required bool) {
+		req := ""
+		if required {
+			req = " (required)"
+		}
+		fs.StringP("selector", "l", "", "label selector of the running pods, e.g. app=web,tier!=db or 'env in (a,b)'"+req)
+		fs.String("secret", "", "name of the Secret"+req)
+	}
+	change := func(fs *pflag.FlagSet) {
+		fs.Bool("dry-run", false, "plan and server-side dry-run only; print the plan as a diff and change nothing")
+	}
+
+	mk := func(name, short string, flags func(*pflag.FlagSet)) *cobra.Command {
+		c := &cobra.Command{
+			Use:   name,
+			Short: short,
+			Args:  cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error {
+				cfg, parseErr = load(name, c, env)
+				return nil
+			},
+		}
+		if flags != nil {
+			flags(c.Flags())
+		}
+		root.AddCommand(c)
+		return c
+	}
+	mk(Inject, "Mount the Secret into the matching workloads and add the reload agent", func(fs *pflag.FlagSet) {
+		selection(fs, true)
+		change(fs)
+		fs.String("mount-path", "", "where to mount the Secret in the containers (default "+wellknown.DefaultMountDir+"/<secret>)")
+		fs.StringSlice("container", nil, "container to mount the Secret into; repeatable (default: every app container)")
+		fs.Bool("agent", true, "add the k8secrets reload agent as a sidecar")
+		fs.Bool("no-agent", false, "do not add the reload agent (same as --agent=false)")
+		fs.String("agent-image", DefaultAgentImage(), "image of the reload agent")
+		fs.String("reload", "restart", "how the agent reloads the app when the Secret changes: restart (restart the app's container in place), signal:SIGHUP (signal the app's process), http:URL (call the app)")
+	})
+	mk(Remove, "Undo an injection: volume, mounts, agent and marks, rolled out the same safe way", func(fs *pflag.FlagSet) {
+		selection(fs, true)
+		change(fs)
+	})
+	mk(Status, "List the workloads this tool injected, with Secret, hash and rollout state", func(fs *pflag.FlagSet) {
+		selection(fs, false)
+	})
+	v := mk(Version, "Print the version", nil)
+	v.RunE = func(c *cobra.Command, _ []string) error {
+		cfg = Config{Command: Version}
+		return nil
+	}
+
+	if err := root.Execute(); err != nil {
+		return Config{}, fmt.Errorf("%w: %v; see k8secrets-job --help", ErrInvalid, err)
+	}
+	if parseErr != nil {
+		return Config{}, parseErr
+	}
+	if cfg.Command == "" { // cobra printed the help: asked for, or no command given
+		for _, a := range args {
+			if a == "-h" || a == "--help" || a == "help" {
+				return Config{}, ErrHelp
+			}
+		}
+		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status or version", ErrInvalid)
+	}
+	return cfg, nil
+}
+
+// normalize accepts the seed's spellings: --pod_labels, --pod-labels,
+// --secret_name and --secret-name, and underscores for dashes in general.
+func normalize(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	name = strings.ReplaceAll(name, "_", "-")
+	switch name {
+	case "pod-labels", "labels":
+		name = "selector"
+	case "secret-name":
+		name = "secret"
+	}
+	return pflag.NormalizedName(name)
+}
+
+func load(command string, c *cobra.Command, env func(string) (string, bool)) (Config, error) {
+	v := viper.New()
+	fs := c.Flags()
+	if err := v.BindPFlags(fs); err != nil {
+		return Config{}, fmt.Errorf("bind flags: %w", err)
+	}
+	// Environment variables: bound key by key from the injected lookup, so
+	// that tests need not touch the process environment.
+	var problems []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		name := "K8SECRETS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if val, ok := env(name); ok && !f.Changed {
+			if f.Value.Type() == "stringSlice" {
+				v.Set(f.Name, strings.Split(val, ","))
+				return
+			}
+			v.Set(f.Name, val)
+		}
+	})
+	if file := v.GetString("config"); file != "" {
+		fv := viper.New()
+		fv.SetConfigFile(file)
+		if err := fv.ReadInConfig(); err != nil {
+			return Config{}, fmt.Errorf("%w: read config file %s: %v", ErrInvalid, file, err)
+		}
+		for _, k := range fv.AllKeys() {
+			key := string(normalize(nil, k))
+			f := fs.Lookup(key)
+			if f == nil {
+				problems = append(problems, fmt.Errorf("config file %s: unknown key %q", file, k))
+				continue
+			}
+			if !f.Changed && !envSet(env, key) {
+				v.Set(key, fv.Get(k))
+			}
+		}
+	}
+
+	cfg := Config{
+		Command:    command,
+		Selector:   v.GetString("selector"),
+		Secret:     v.GetString("secret"),
+		Namespace:  v.GetString("namespace"),
+		Kubeconfig: v.GetString("kubeconfig"),
+		Context:    v.GetString("context"),
+		MountPath:  v.GetString("mount-path"),
+		Containers: v.GetStringSlice("container"),
+		Agent:      v.GetBool("agent") && !v.GetBool("no-agent"),
+		AgentImage: v.GetString("agent-image"),
+		Reload:     v.GetString("reload"),
+		DryRun:     v.GetBool("dry-run"),
+		Timeout:    v.GetDuration("timeout"),
+		Output:     v.GetString("output"),
+		LogFormat:  v.GetString("log-format"),
+	}
+	if cfg.MountPath == "" && cfg.Secret != "" {
+		cfg.MountPath = DefaultMountPath(cfg.Secret)
+	}
+	if err := errors.Join(append(problems, cfg.Validate())...); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func envSet(env func(string) (string, bool), key string) bool {
+	_, ok := env("K8SECRETS_" + strings.ToUpper(strings.ReplaceAll(key, "-", "_")))
+	return ok
+}
+
+// Validate reports every problem at once, each wrapping ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
+	}
+	needsTarget := c.Command == Inject || c.Command == Remove
+	if needsTarget && strings.TrimSpace(c.Selector) == "" {
+		bad("--selector is required: an empty selector would match every pod in the namespace")
+	}
+	if c.Selector != "" {
+		if _, err := labels.Parse(c.Selector); err != nil {
+			bad("--selector %q: %v", c.Selector, err)
+		}
+	}
+	if needsTarget && c.Secret == "" {
+		bad("--secret is required")
+	}
+	if c.Secret != "" {
+		for _, m := range validation.IsDNS1123Subdomain(c.Secret) {
+			bad("--secret %q: %s", c.Secret, m)
+		}
+	}
+	if c.Namespace != "" {
+		for _, m := range validation.IsDNS1123Label(c.Namespace) {
+			bad("--namespace %q: %s", c.Namespace, m)
+		}
+	}
+	if c.Command == Inject {
+		if !path.IsAbs(c.MountPath) {
+			bad("--mount-path %q: must be an absolute path", c.MountPath)
+		}
+		for _, el := range strings.Split(c.MountPath, "/") {
+			if el == ".." {
+				bad("--mount-path %q: must not contain '..'", c.MountPath)
+			}
+		}
+		if strings.Contains(c.MountPath, ":") {
+			bad("--mount-path %q: must not contain ':'", c.MountPath)
+		}
+		for _, n := range c.Containers {
+			for _, m := range validation.IsDNS1123Label(n) {
+				bad("--container %q: %s", n, m)
+			}
+		}
+		if c.Agent {
+			if strings.TrimSpace(c.AgentImage) == "" {
+				bad("--agent-image is empty; name the agent image or pass --no-agent")
+			}
+			if err := CheckReload(c.Reload); err != nil {
+				bad("--reload %q: %v", c.Reload, err)
+			}
+		}
+	}
+	if c.Timeout <= 0 {
+		bad("--timeout %s: must be positive", c.Timeout)
+	}
+	if c.Output != "text" && c.Output != "json" {
+		bad("--output %q: must be text or json", c.Output)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("--log-format %q: must be text or json", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+// ReloadMode is the part of a reload spec before the colon.
+func ReloadMode(spec string) string {
+	mode, _, _ := strings.Cut(spec, ":")
+	return mode
+}
+
+// CheckReload checks the syntax of an agent reload spec; the agent checks
+// the rest when it starts.
+func CheckReload(spec string) error {
+	mode, arg, hasArg := strings.Cut(spec, ":")
+	switch mode {
+	case "restart":
+		if hasArg {
+			return errors.New("restart takes no argument")
+		}
+	case "signal":
+		name := strings.TrimPrefix(strings.ToUpper(arg), "SIG")
+		if name == "" || strings.IndexFunc(name, func(r rune) bool { return (r < 'A' || r > 'Z') && (r < '0' || r > '9') }) >= 0 {
+			return errors.New("want signal:NAME, e.g. signal:SIGHUP")
+		}
+	case "http":
+		u, err := url.Parse(arg)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("want http:URL with an http or https URL, e.g. http:http://localhost:8080/-/reload")
+		}
+	case "exec":
+		if strings.TrimSpace(arg) == "" {
+			return errors.New("want exec:COMMAND")
+		}
+	default:
+		return errors.New("must be restart, signal:NAME, http:URL or exec:COMMAND")
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+// Package rollout applies planned changes with server-side apply, after a
+// server-side dry-run of all of them, waits for each workload to become
+// healthy, and rolls back what does not.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/k8secrets/k8secrets/job/internal/plan"
+	"github.com/k8secrets/k8secrets/job/internal/workload"
+)
+
+// Sentinel errors; the Job maps them to exit codes.
+var (
+	// ErrRejected: a server-side dry-run refused a change (exit 4).
+	ErrRejected = errors.New("rejected by server-side dry-run")
+	// ErrFailed: a rollout failed or timed out.
+	ErrFailed = errors.New("rollout failed")
+	// ErrRolledBack: a rollout failed and was rolled back (exit 5).
+	ErrRolledBack = errors.New("rolled back")
+	// ErrRollbackFailed: the rollback failed too (exit 6).
+	ErrRollbackFailed = errors.New("rollback failed")
+)
+
+// Roller applies changes and waits for them.
+type Roller struct {
+	Client kubernetes.Interface
+	Cache  *workload.Cache
+	// Timeout bounds each workload's rollout, and again its rollback.
+	Timeout time.Duration
+	Log     *slog.Logger
+}
+
+// Apply sends a change's apply configuration under its field manager, as a
+// dry-run if dryRun, and returns the object as the server would store it.
+func (r *Roller) Apply(ctx context.Context, ch plan.Change, dryRun bool) (runtime.Object, error) {
+	return apply(ctx, r.Client, ch.Apply, plan.FieldManager(ch.ID), dryRun)
+}
+
+func apply(ctx context.Context, c kubernetes.Interface, ac any, manager string, dryRun bool) (runtime.Object, error) {
+	opts := metav1.ApplyOptions{FieldManager: manager}
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	switch a := ac.(type) {
+	case *appsv1ac.DeploymentApplyConfiguration:
+		return c.AppsV1().Deployments(*a.Namespace).Apply(ctx, a, opts)
+	case *appsv1ac.StatefulSetApplyConfiguration:
+		return c.AppsV1().StatefulSets(*a.Namespace).Apply(ctx, a, opts)
+	case *appsv1ac.DaemonSetApplyConfiguration:
+		return c.AppsV1().DaemonSets(*a.Namespace).Apply(ctx, a, opts)
+	}
+	return nil, fmt.Errorf("apply: unsupported apply configuration %T", ac)
+}
+
+// extract is what manager applied to obj before: applying it again restores
+// the manager's fields as they were (none, if it never applied).
+func extract(obj runtime.Object, manager string) (any, error) {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return appsv1ac.ExtractDeployment(o, manager)
+	case *appsv1.StatefulSet:
+		return appsv1ac.ExtractStatefulSet(o, manager)
+	case *appsv1.DaemonSet:
+		return appsv1ac.ExtractDaemonSet(o, manager)
+	}
+	return nil, fmt.Errorf("extract: unsupported object %T", obj)
+}
+
+// Rejection is one change a dry-run refused.
+type Rejection struct {
+	Workload string `json:"workload"`
+	Reason   string `json:"reason"`
+}
+
+// DryRun sends every change as a server-side dry-run (validation, defaulting,
+// admission webhooks and policies, quota) and returns the objects the server
+// would store, in order. If any is refused it returns every refusal, wrapped
+// in ErrRejected, and nothing has been changed.
+func (r *Roller) DryRun(ctx context.Context, changes []plan.Change) ([]runtime.Object, error) {
+	out := make([]runtime.Object, len(changes))
+	var errs []error
+	for i, ch := range changes {
+		if ch.Skip != "" {
+			continue
+		}
+		obj, err := r.Apply(ctx, ch, true)
+		var status apierrors.APIStatus
+		switch {
+		case errors.As(err, &status):
+			errs = append(errs, fmt.Errorf("%w: %s: %v", ErrRejected, ch.Workload, err))
+		case err != nil:
+			return nil, fmt.Errorf("dry-run %s: %w", ch.Workload, err)
+		}
+		out[i] = obj
+	}
+	return out, errors.Join(errs...)
+}
+
+// Roll applies one change and waits until the workload is rolled out and
+// healthy. On failure or timeout it restores the workload's previous pod
+// template, waits for it to be healthy again, and returns an error wrapping
+// ErrRolledBack, or ErrRollbackFailed naming what needs attention.
+// progress receives the rollout's state as it changes.
+func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)) error {
+	w := ch.Workload
+	manager := plan.FieldManager(ch.ID)
+	before, err := r.Cache.Get(w.Kind(), w.Name())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", w, err)
+	}
+	prev, err := extract(before, manager)
+	if err != nil {
+		return fmt.Errorf("read %s's previous state: %w", w, err)
+	}
+	saved := workload.Template(before).DeepCopy()
+
+	obj, err := r.Apply(ctx, ch, false)
+	if err != nil {
+		return fmt.Errorf("apply %s: %w", w, err)
+	}
+	gen := workload.New(obj).Meta().GetGeneration()
+	waitErr := r.rollOut(ctx, w, gen, progress)
+	if waitErr == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		// Interrupted, not failed: leave the rollout to a rerun, which waits
+		// for it or rolls it back.
+		return fmt.Errorf("%s: interrupted while rolling out; rerun to converge: %w", w, waitErr)
+	}
+	r.Log.Warn("rollout failed; rolling back", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
+	if err := r.rollback(context.WithoutCancel(ctx), w, prev, manager, saved, progress); err != nil {
+		return fmt.Errorf("%w: %s: rollout failed (%v), and rolling it back failed too: %v; restore its pod template by hand (kubectl rollout undo %s/%s -n %s) and check its pods",
+			ErrRollbackFailed, w, waitErr, err, lower(w.Kind()), w.Name(), w.Namespace())
+	}
+	return fmt.Errorf("%w: %s: %v; its previous pod template is restored and its pods are healthy", ErrRolledBack, w, waitErr)
+}
+
+// Converge brings a workload that already carries the change (a rerun after
+// an interrupted run) to a finished rollout: it waits for it, and on failure
+// applies undo, which removes the injection, and waits again.
+func (r *Roller) Converge(ctx context.Context, w workload.Workload, undo plan.Change, progress func(string)) (waited bool, err error) {
+	obj, err := r.Cache.Get(w.Kind(), w.Name())
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", w, err)
+	}
+	if _, done, err := Status(obj); done && err == nil {
+		return false, nil
+	}
+	gen := workload.New(obj).Meta().GetGeneration()
+	waitErr := r.rollOut(ctx, w, gen, progress)
+	if waitErr == nil || ctx.Err() != nil {
+		return true, waitErr
+	}
+	r.Log.Warn("unfinished rollout failed; removing the injection", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
+	rctx := context.WithoutCancel(ctx)
+	if _, err := r.Apply(rctx, undo, false); err != nil {
+		return true, fmt.Errorf("%w: %s: %v; removing the injection failed: %v", ErrRollbackFailed, w, waitErr, err)
+	}
+	if err := r.settle(rctx, w, progress); err != nil {
+		return true, fmt.Errorf("%w: %s: %v; after removing the injection: %v", ErrRollbackFailed, w, waitErr, err)
+	}
+	return true, fmt.Errorf("%w: %s: %v; the injection is removed and its pods are healthy", ErrRolledBack, w, waitErr)
+}
+
+func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, manager string, saved *corev1.PodTemplateSpec, progress func(string)) error {
+	bad, _ := r.Cache.Get(w.Kind(), w.Name())
+	obj, err := apply(ctx, r.Client, prev, manager, false)
+	if err != nil {
+		return fmt.Errorf("re-apply the previous fields of %s: %w", manager, err)
+	}
+	if !equality.Semantic.DeepEqual(workload.Template(obj), saved) {
+		// Another manager changed fields of ours meanwhile: write the saved
+		// template back whole.
+		r.Log.Warn("pod template differs after re-apply; writing the saved template", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name())
+		if err := r.restore(ctx, w, saved, manager); err != nil {
+			return err
+		}
+	}
+	if bad != nil {
+		if err := r.Cache.Sync(ctx, w.Kind(), w.Name(), workload.New(obj).Meta().GetGeneration()); err != nil {
+			return err
+		}
+	}
+	return r.settle(ctx, w, progress, badRevision(bad))
+}
+
+// settle waits, after a rollback, for the workload to be healthy again. A
+// StatefulSet does not replace pods of a broken revision by itself (they
+// never become Ready, and it waits for them): delete those.
+func (r *Roller) settle(ctx context.Context, w workload.Workload, progress func(string), badRevisions ...string) error {
+	obj, err := r.Cache.Get(w.Kind(), w.Name())
+	if err != nil {
+		return fmt.Errorf("read %s: %w", w, err)
+	}
+	if sts, ok := obj.(*appsv1.StatefulSet); ok {
+		for _, rev := range badRevisions {
+			if rev == "" || rev == sts.Status.UpdateRevision {
+				continue
+			}
+			if err := r.deleteRevision(ctx, sts, rev); err != nil {
+				return err
+			}
+		}
+	}
+	return r.rollOut(ctx, w, workload.New(obj).Meta().GetGeneration(), progress)
+}
+
+func badRevision(obj runtime.Object) string {
+	if sts, ok := obj.(*appsv1.StatefulSet); ok {
+		return sts.Status.UpdateRevision
+	}
+	return ""
+}
+
+func (r *Roller) restore(ctx context.Context, w workload.Workload, saved *corev1.PodTemplateSpec, manager string) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		opts := metav1.UpdateOptions{FieldManager: manager}
+		apps := r.Client.AppsV1()
+		var err error
+		switch w.Kind() {
+		case workload.Deployment:
+			var d *appsv1.Deployment
+			if d, err = apps.Deployments(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
+				d.Spec.Template = *saved.DeepCopy()
+				_, err = apps.Deployments(w.Namespace()).Update(ctx, d, opts)
+			}
+		case workload.StatefulSet:
+			var s *appsv1.StatefulSet
+			if s, err = apps.StatefulSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
+				s.Spec.Template = *saved.DeepCopy()
+				_, err = apps.StatefulSets(w.Namespace()).Update(ctx, s, opts)
+			}
+		case workload.DaemonSet:
+			var d *appsv1.DaemonSet
+			if d, err = apps.DaemonSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
+				d.Spec.Template = *saved.DeepCopy()
+				_, err = apps.DaemonSets(w.Namespace()).Update(ctx, d, opts)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("restore the pod template of %s: %w", w, err)
+		}
+		return nil
+	})
+}
+
+// rollOut waits, within r.Timeout, until the workload's generation gen is
+// rolled out; a StatefulSet with the OnDelete strategy is rolled pod by pod.
+func (r *Roller) rollOut(ctx context.Context, w workload.Workload, gen int64, progress func(string)) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, r.Timeout, fmt.Errorf("%w: not rolled out within %s (--timeout)", ErrFailed, r.Timeout))
+	defer cancel()
+	if err := r.Cache.Sync(ctx, w.Kind(), w.Name(), gen); err != nil {
+		return err
+	}
+	if obj, _ := r.Cache.Get(w.Kind(), w.Name()); obj != nil {
+		if sts, ok := obj.(*appsv1.StatefulSet); ok && sts.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType {
+			if err := r.rollOnDelete(ctx, w, progress); err != nil {
+				return err
+			}
+		}
+	}
+	return r.wait(ctx, w, gen, progress)
+}
+
+// wait follows the workload in the cache until Status says done.
+func (r *Roller) wait(ctx context.Context, w workload.Workload, gen int64, progress func(string)) error {
+	changed, stop := r.Cache.Subscribe(w.Kind(), w.Name())
+	defer stop()
+	last := ""
+	for {
+		obj, err := r.Cache.Get(w.Kind(), w.Name())
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("%w: %s was deleted while rolling out", ErrFailed, w)
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", w, err)
+		}
+		if workload.New(obj).Meta().GetGeneration() >= gen {
+			msg, done, err := Status(obj)
+			if err != nil {
+				return err
+			}
+			if msg != last && progress != nil {
+				progress(msg)
+			}
+			last = msg
+			if done {
+				return nil
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			if last != "" {
+				return fmt.Errorf("%w (last state: %s)", context.Cause(ctx), last)
+			}
+			return context.Cause(ctx)
+		}
+	}
+}
+
+func lower(k workload.Kind) string {
+	switch k {
+	case workload.Deployment:
+		return "deployment"
+	case workload.StatefulSet:
+		return "statefulset"
+	}
+	return "daemonset"
+}

@@ -1,0 +1,150 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/k8secrets/k8secrets/job/internal/workload"
+)
+
+// rollOnDelete updates a StatefulSet with the OnDelete strategy the way its
+// controller would with RollingUpdate: one pod at a time, highest ordinal
+// first, each deleted only when the previous one is Ready at the new revision.
+func (r *Roller) rollOnDelete(ctx context.Context, w workload.Workload, progress func(string)) error {
+	for {
+		obj, err := r.Cache.Get(w.Kind(), w.Name())
+		if err != nil {
+			return fmt.Errorf("read %s: %w", w, err)
+		}
+		sts := obj.(*appsv1.StatefulSet)
+		rev := sts.Status.UpdateRevision
+		pods, err := r.ownedPods(ctx, sts)
+		if err != nil {
+			return err
+		}
+		var next *corev1.Pod
+		for i := range pods {
+			if pods[i].Labels[appsv1.ControllerRevisionHashLabelKey] != rev {
+				next = &pods[i]
+				break
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		if progress != nil {
+			progress(fmt.Sprintf("OnDelete: deleting pod %s (revision %s) to update it to %s", next.Name, next.Labels[appsv1.ControllerRevisionHashLabelKey], rev))
+		}
+		if err := r.deletePod(ctx, next); err != nil {
+			return err
+		}
+		if err := r.waitPodReady(ctx, next.Namespace, next.Name, next.UID, rev); err != nil {
+			return err
+		}
+	}
+}
+
+// deleteRevision deletes the StatefulSet's pods of revision rev, so that the
+// controller recreates them from its current revision.
+func (r *Roller) deleteRevision(ctx context.Context, sts *appsv1.StatefulSet, rev string) error {
+	pods, err := r.ownedPods(ctx, sts)
+	if err != nil {
+		return err
+	}
+	for i := range pods {
+		if pods[i].Labels[appsv1.ControllerRevisionHashLabelKey] == rev {
+			r.Log.Info("deleting pod of the failed revision", "namespace", sts.Namespace, "name", pods[i].Name, "revision", rev)
+			if err := r.deletePod(ctx, &pods[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Roller) deletePod(ctx context.Context, p *corev1.Pod) error {
+	uid := p.UID
+	err := r.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return nil
+}
+
+// ownedPods lists the StatefulSet's pods, highest ordinal first.
+func (r *Roller) ownedPods(ctx context.Context, sts *appsv1.StatefulSet) ([]corev1.Pod, error) {
+	sel, err := metav1.LabelSelectorAsSelector(sts.Spec.Selector)
+	if err != nil {
+		return nil, fmt.Errorf("selector of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+	}
+	list, err := r.Client.CoreV1().Pods(sts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list pods of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+	}
+	var pods []corev1.Pod
+	for _, p := range list.Items {
+		if ref := metav1.GetControllerOf(&p); ref != nil && ref.UID == sts.UID {
+			pods = append(pods, p)
+		}
+	}
+	sort.Slice(pods, func(i, j int) bool { return ordinal(pods[i].Name) > ordinal(pods[j].Name) })
+	return pods, nil
+}
+
+func ordinal(name string) int {
+	n, err := strconv.Atoi(name[strings.LastIndexByte(name, '-')+1:])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// waitPodReady waits for the pod named name, other than the deleted old one,
+// to be Ready at revision rev.
+func (r *Roller) waitPodReady(ctx context.Context, ns, name string, old types.UID, rev string) error {
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	lw := &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return r.Client.CoreV1().Pods(ns).List(ctx, o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return r.Client.CoreV1().Pods(ns).Watch(ctx, o)
+		},
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok || ev.Type == watch.Deleted || p.UID == old || p.DeletionTimestamp != nil {
+			return false, nil
+		}
+		return p.Labels[appsv1.ControllerRevisionHashLabelKey] == rev && podReady(p), nil
+	})
+	if err != nil {
+		return fmt.Errorf("pod %s/%s not Ready at revision %s: %w", ns, name, rev, context.Cause(ctx))
+	}
+	return nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/pmezard/go-difflib/difflib"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/k8secrets/k8secrets/internal/wellknown"
+	"github.com/k8secrets/k8secrets/job/internal/config"
+	"github.com/k8secrets/k8secrets/job/internal/lock"
+	"github.com/k8secrets/k8secrets/job/internal/plan"
+	"github.com/k8secrets/k8secrets/job/internal/record"
+	"github.com/k8secrets/k8secrets/job/internal/rollout"
+	"github.com/k8secrets/k8secrets/job/internal/secret"
+	"github.com/k8secrets/k8secrets/job/internal/workload"
+)
+
+// exitCode maps an error of run to the documented exit codes
+// (config.ExitCodes).
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, config.ErrInvalid):
+		return 2
+	case errors.Is(err, secret.ErrUnusable):
+		return 3
+	case errors.Is(err, plan.ErrConflict), errors.Is(err, rollout.ErrRejected):
+		return 4
+	case errors.Is(err, rollout.ErrRollbackFailed):
+		return 6
+	case errors.Is(err, rollout.ErrRolledBack):
+		return 5
+	case errors.Is(err, lock.ErrHeld):
+		return 7
+	}
+	return 1
+}
+
+// job is one run of a command against one cluster.
+type job struct {
+	cfg    config.Config
+	client kubernetes.Interface
+	log    *slog.Logger
+	// holder identifies this run in the Lease and in Events.
+	holder string
+	report record.Report
+}
+
+// run executes cfg.Command. ns is the namespace to use when cfg names none.
+// The report is filled in as far as the run got, also on error.
+func run(ctx context.Context, cfg config.Config, client kubernetes.Interface, ns string, log *slog.Logger) (record.Report, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = ns
+	}
+	host, _ := os.Hostname()
+	j := &job{cfg: cfg, client: client, log: log, holder: fmt.Sprintf("%s/%d", host, os.Getpid())}
+	j.report = record.Report{Command: cfg.Command, Namespace: cfg.Namespace, Secret: cfg.Secret, Selector: cfg.Selector, DryRun: cfg.DryRun}
+	var err error
+	switch cfg.Command {
+	case config.Inject, config.Remove:
+		err = j.change(ctx)
+	case config.Status:
+		err = j.status(ctx)
+	default:
+		err = fmt.Errorf("%w: unknown command %q", config.ErrInvalid, cfg.Command)
+	}
+	if err != nil {
+		j.report.Error = err.Error()
+	}
+	j.report.ExitCode = exitCode(err)
+	return j.report, err
+}
+
+// change runs inject or remove: plan, dry-run, then roll out one by one.
+func (j *job) change(ctx context.Context) error {
+	cfg := j.cfg
+	if cfg.Command == config.Inject {
+		info, err := secret.Load(ctx, j.client, cfg.Namespace, cfg.Secret)
+		if err != nil {
+			return err
+		}
+		for _, w := range info.Warnings {
+			j.log.Warn(w)
+			j.report.Warnings = append(j.report.Warnings, w)
+		}
+	}
+	pods, err := workload.RunningPods(ctx, j.client, cfg.Namespace, cfg.Selector)
+	if err != nil {
+		return hint(err)
+	}
+	if len(pods) == 0 {
+		j.log.Info("no running pods match; nothing to do", "namespace", cfg.Namespace, "selector", cfg.Selector)
+		j.report.Warnings = append(j.report.Warnings, fmt.Sprintf("no running pods match %q in namespace %s; nothing changed", cfg.Selector, cfg.Namespace))
+		return nil
+	}
+
+	c := workload.NewCache(j.client, cfg.Namespace)
+	cctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); c.Shutdown() }()
+	if err := c.Start(cctx); err != nil {
+		return hint(err)
+	}
+	workloads, skipped, err := workload.Resolve(pods, c)
+	if err != nil {
+		return hint(err)
+	}
+	j.report.Skipped = skipped
+	for _, s := range skipped {
+		j.log.Info("skipping pod", "pod", s.Pod, "owner", s.Owner, "reason", s.Reason)
+	}
+
+	changes, err := j.plan(ctx, workloads)
+	if err != nil {
+		return err
+	}
+	r := &rollout.Roller{Client: j.client, Cache: c, Timeout: cfg.Timeout, Log: j.log}
+	dry, err := r.DryRun(ctx, changes)
+	if err != nil {
+		for i := range j.report.Workloads {
+			j.report.Workloads[i].Result = record.Rejected
+		}
+		return fmt.Errorf("nothing was changed: %w", err)
+	}
+	if cfg.DryRun {
+		for i, ch := range changes {
+			if ch.Skip == "" {
+				j.report.Workloads[i].Result = record.WouldChange
+				j.report.Workloads[i].Diff = diff(ch.Workload.Template(), workload.Template(dry[i]))
+			}
+		}
+		return nil
+	}
+
+	if cfg.Command == config.Inject || anyChange(changes) {
+		l, err := lock.Acquire(ctx, j.client, cfg.Namespace, "k8secrets-"+plan.ID(cfg.Secret), j.holder, j.log)
+		if err != nil {
+			return hint(err)
+		}
+		defer func() {
+			if err := l.Release(context.WithoutCancel(ctx)); err != nil {
+				j.log.Warn("release lock", "error", err)
+			}
+		}()
+	}
+	return j.roll(ctx, r, changes)
+}
+
+func anyChange(changes []plan.Change) bool {
+	for _, ch := range changes {
+		if ch.Skip == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// plan plans every workload; conflicts are all reported at once.
+func (j *job) plan(ctx context.Context, workloads []workload.Workload) ([]plan.Change, error) {
+	cfg := j.cfg
+	opts := plan.Options{
+		Secret: cfg.Secret, MountPath: cfg.MountPath, Containers: cfg.Containers,
+		Agent: cfg.Agent, AgentImage: cfg.AgentImage, Reload: cfg.Reload,
+	}
+	if cfg.Command == config.Inject && cfg.Agent {
+		opts.NativeSidecar = j.nativeSidecars()
+	}
+	var changes []plan.Change
+	var errs []error
+	for _, w := range workloads {
+		var ch plan.Change
+		if cfg.Command == config.Inject {
+			var err error
+			if ch, err = plan.Inject(w, opts); err != nil {
+				errs = append(errs, err)
+				j.report.Workloads = append(j.report.Workloads, entry(w, record.Rejected, err.Error()))
+				continue
+			}
+		} else {
+			ch = plan.Remove(w, cfg.Secret)
+		}
+		e := entry(w, "", ch.Skip)
+		e.Hash, e.Notes = ch.Hash, ch.Notes
+		e.Secret = cfg.Secret
+		j.report.Workloads = append(j.report.Workloads, e)
+		changes = append(changes, ch)
+		for _, n := range ch.Notes {
+			j.log.Warn(n, "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name())
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("nothing was changed: %w", err)
+	}
+	return changes, nil
+}
+
+// nativeSidecars tells whether the API server runs Kubernetes 1.29 or later,
+// where init containers with restartPolicy Always are sidecars.
+func (j *job) nativeSidecars() bool {
+	v, err := j.client.Discovery().ServerVersion()
+	if err == nil {
+		var sv *version.Version
+		if sv, err = version.ParseGeneric(v.GitVersion); err == nil {
+			return sv.AtLeast(version.MajorMinor(1, 29))
+		}
+	}
+	j.log.Warn("server version unknown; adding the agent as a regular container", "error", err)
+	return false
+}
+
+func entry(w workload.Workload, result, detail string) record.Entry {
+	return record.Entry{Kind: string(w.Kind()), Namespace: w.Namespace(), Name: w.Name(), Pods: w.Pods, Result: result, Detail: detail}
+}
+
+// roll applies the changes one workload at a time and stops at the first
+// failure, which it has rolled back.
+func (j *job) roll(ctx context.Context, r *rollout.Roller, changes []plan.Change) error {
+	ev := &record.Events{Client: j.client, Instance: j.holder, Log: j.log}
+	for i, ch := range changes {
+		e := &j.report.Workloads[i]
+		w := ch.Workload
+		progress := func(msg string) {
+			j.log.Info("rollout", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "state", msg)
+			e.Rollout = msg
+		}
+		if ch.Skip != "" {
+			e.Result = record.Unchanged
+			if j.cfg.Command == config.Inject {
+				// A rerun: finish what an interrupted run started.
+				waited, err := r.Converge(ctx, w, plan.Remove(w, j.cfg.Secret), progress)
+				if err != nil {
+					j.failed(ctx, ev, i, w, err)
+					return err
+				}
+				if waited {
+					e.Detail = "already injected; waited for its unfinished rollout"
+				}
+			}
+			continue
+		}
+		j.log.Info("applying", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "fieldManager", plan.FieldManager(ch.ID))
+		if err := r.Roll(ctx, ch, progress); err != nil {
+			j.failed(ctx, ev, i, w, err)
+			return err
+		}
+		if j.cfg.Command == config.Inject {
+			e.Result = record.Injected
+			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonInjected, "Inject",
+				fmt.Sprintf("mounted secret %s at %s (injection hash %s) and rolled out", j.cfg.Secret, j.cfg.MountPath, ch.Hash))
+		} else {
+			e.Result = record.Removed
+			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRemoved, "Remove",
+				fmt.Sprintf("removed the injection of secret %s and rolled out", j.cfg.Secret))
+		}
+	}
+	return nil
+}
+
+func (j *job) failed(ctx context.Context, ev *record.Events, i int, w workload.Workload, err error) {
+	e := &j.report.Workloads[i]
+	e.Detail = err.Error()
+	switch {
+	case errors.Is(err, rollout.ErrRollbackFailed):
+		e.Result = record.RollbackFailed
+	case errors.Is(err, rollout.ErrRolledBack):
+		e.Result = record.RolledBack
+	default:
+		e.Result = record.Failed
+	}
+	if errors.Is(err, rollout.ErrRolledBack) || errors.Is(err, rollout.ErrRollbackFailed) {
+		ev.Emit(ctx, w, corev1.EventTypeWarning, record.ReasonRolloutFailed, "Rollout", err.Error())
+		if errors.Is(err, rollout.ErrRolledBack) {
+			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRolledBack, "Rollback", "restored the previous pod template; pods are healthy")
+		}
+	}
+	for k := i + 1; k < len(j.report.Workloads); k++ {
+		if j.report.Workloads[k].Result == "" {
+			j.report.Workloads[k].Result = record.NotReached
+		}
+	}
+}
+
+// status lists the workloads carrying an injection, with their rollout state.
+func (j *job) status(ctx context.Context) error {
+	var sel labels.Selector
+	if j.cfg.Selector != "" {
+		sel, _ = labels.Parse(j.cfg.Selector) // validated by config
+	}
+	opts := metav1.ListOptions{LabelSelector: wellknown.LabelInjected + "=true"}
+	apps := j.client.AppsV1()
+	ns := j.cfg.Namespace
+	var objs []runtime.Object
+	dl, err := apps.Deployments(ns).List(ctx, opts)
+	if err != nil {
+		return hint(fmt.Errorf("list deployments in %s: %w", ns, err))
+	}
+	for i := range dl.Items {
+		objs = append(objs, &dl.Items[i])
+	}
+	sl, err := apps.StatefulSets(ns).List(ctx, opts)
+	if err != nil {
+		return hint(fmt.Errorf("list statefulsets in %s: %w", ns, err))
+	}
+	for i := range sl.Items {
+		objs = append(objs, &sl.Items[i])
+	}
+	dsl, err := apps.DaemonSets(ns).List(ctx, opts)
+	if err != nil {
+		return hint(fmt.Errorf("list daemonsets in %s: %w", ns, err))
+	}
+	for i := range dsl.Items {
+		objs = append(objs, &dsl.Items[i])
+	}
+	for _, obj := range objs {
+		w := workload.New(obj)
+		t := w.Template()
+		if sel != nil && !sel.Matches(labels.Set(t.Labels)) {
+			continue
+		}
+		msg, done, serr := rollout.Status(obj)
+		state := msg
+		if serr != nil {
+			state = serr.Error()
+		} else if !done {
+			state = "rolling out: " + msg
+		}
+		for k, name := range t.Annotations {
+			id, ok := strings.CutPrefix(k, wellknown.AnnotationSecretPrefix)
+			if !ok || (j.cfg.Secret != "" && name != j.cfg.Secret) {
+				continue
+			}
+			e := entry(w, "injected", "")
+			e.Pods = 0
+			e.Secret, e.Hash, e.Rollout = name, t.Annotations[plan.HashAnnotation(id)], state
+			j.report.Workloads = append(j.report.Workloads, e)
+		}
+	}
+	return nil
+}
+
+// hint adds the fix to an RBAC refusal.
+func hint(err error) error {
+	if apierrors.IsForbidden(err) {
+		return fmt.Errorf("%w; grant the missing verb to this identity (the Role in manifests/base lists what the Job needs)", err)
+	}
+	return err
+}
+
+// diff renders the change of a pod template as a unified diff of its YAML.
+func diff(before, after *corev1.PodTemplateSpec) string {
+	a, _ := yaml.Marshal(before)
+	b, _ := yaml.Marshal(after)
+	out, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A: difflib.SplitLines(string(a)), B: difflib.SplitLines(string(b)),
+		FromFile: "current", ToFile: "planned", Context: 2,
+	})
+	return out
+}
