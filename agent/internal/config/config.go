@@ -103,6 +103,7 @@ Reload specs (repeatable, run in order):
 
 Target processes (signal and restart):
   --process NAME  processes whose /proc/PID/comm or executable base name is NAME
+                  (the topmost of a tree of them, e.g. nginx's master)
   --pidfile PATH  the process whose PID is in PATH
   neither         the main process of every other container of the pod: the
                   processes whose parent PID is 0 in the pod's shared PID

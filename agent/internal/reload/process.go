@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +26,8 @@ const pfKthread = 0x00200000
 // processes whose parent PID is 0 in the shared PID namespace, except PID 1
 // (the pause process), the agent itself and any other k8secrets-agent.
 type Target struct {
-	// Name matches /proc/PID/comm or the base name of /proc/PID/exe.
+	// Name matches /proc/PID/comm or the base name of /proc/PID/exe; of a
+	// tree of matching processes only the topmost is selected.
 	Name string
 	// PIDFile holds the PID of the one process to signal.
 	PIDFile string
@@ -37,6 +39,7 @@ type Target struct {
 type Process struct {
 	PID  int
 	Comm string
+	ppid int
 }
 
 func (t Target) String() string {
@@ -107,8 +110,15 @@ func (t Target) Find() ([]Process, error) {
 		} else if st.ppid != 0 || pid == 1 {
 			continue
 		}
-		out = append(out, Process{PID: pid, Comm: st.comm})
+		out = append(out, Process{PID: pid, Comm: st.comm, ppid: st.ppid})
 	}
+	// Of a process tree with one name (nginx's master and workers), only
+	// the top is signalled: it handles reloads for its children.
+	matched := map[int]bool{}
+	for _, p := range out {
+		matched[p.PID] = true
+	}
+	out = slices.DeleteFunc(out, func(p Process) bool { return matched[p.ppid] })
 	if len(out) == 0 {
 		if t.Name == "" {
 			return nil, fmt.Errorf("%w: no other container's process is visible; does the pod set shareProcessNamespace: true?", ErrNoProcess)

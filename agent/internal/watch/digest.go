@@ -22,8 +22,11 @@ const maxDepth = 8
 
 // Snapshot is one consistent reading of a watched directory.
 type Snapshot struct {
-	// Present is false when the directory does not exist.
+	// Present is false when the directory does not exist, or is a kubelet
+	// volume being torn down (its "..data" is gone).
 	Present bool
+	// Kubelet is true for a kubelet volume (it has "..data").
+	Kubelet bool
 	// Digest is a SHA-256 over the sorted file names and their contents.
 	Digest string
 	// Files maps each file's path, relative to the directory, to its content.
@@ -55,17 +58,18 @@ func read(dir string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("stat %s: %w", dir, err)
 	}
 	root := dir
+	kubelet := false
 	if target, err := os.Readlink(filepath.Join(dir, dataDirName)); err == nil {
 		if !filepath.IsAbs(target) {
 			target = filepath.Join(dir, target)
 		}
-		root = target
+		root, kubelet = target, true
 	}
 	files := map[string][]byte{}
 	if err := readTree(root, "", 0, files); err != nil {
 		return Snapshot{}, err
 	}
-	return Snapshot{Present: true, Digest: Digest(files), Files: files}, nil
+	return Snapshot{Present: true, Kubelet: kubelet, Digest: Digest(files), Files: files}, nil
 }
 
 func readTree(root, rel string, depth int, files map[string][]byte) error {
@@ -84,7 +88,7 @@ func readTree(root, rel string, depth int, files map[string][]byte) error {
 		full := filepath.Join(root, name)
 		fi, err := os.Stat(full)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && e.Type()&fs.ModeSymlink != 0 && depth == 0 && root != "" {
+			if errors.Is(err, fs.ErrNotExist) && e.Type()&fs.ModeSymlink != 0 {
 				// A dangling user-visible symlink: in a kubelet volume the
 				// link is created after the swap and removed with its key.
 				continue

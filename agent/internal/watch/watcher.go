@@ -55,6 +55,7 @@ type dirState struct {
 	path    string
 	present bool
 	seen    bool   // read at least once while present
+	kubelet bool   // a kubelet volume: had "..data" when last read
 	digest  string // last content digest; kept while the directory is absent
 	invalid error  // validation result of the current content
 	ino     uint64 // inode of the watched directory, to notice replacement
@@ -214,8 +215,16 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		return
 	}
 	w.mu.Lock()
+	if d.kubelet && snap.Present && !snap.Kubelet {
+		// "..data" is gone but the directory is not: it is being torn
+		// down, not updated. Wait for what comes next.
+		snap = Snapshot{}
+	}
 	wasPresent := d.present
 	d.present = snap.Present
+	if snap.Present {
+		d.kubelet = snap.Kubelet
+	}
 	if !snap.Present {
 		w.mu.Unlock()
 		if wasPresent {

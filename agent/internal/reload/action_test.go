@@ -1,0 +1,156 @@
+package reload
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestSignalByName(t *testing.T) {
+	a := startApp(t, "sighup-app", nil)
+	s := &Signal{Sig: syscall.SIGHUP, Target: Target{Name: "sighup-app"}}
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v", err)
+	}
+	a.waitCount(t, 1)
+}
+
+func TestSignalByPIDFile(t *testing.T) {
+	a := startApp(t, "pidfile-app", nil)
+	s := &Signal{Sig: syscall.SIGHUP, Target: Target{PIDFile: writePIDFile(t, t.TempDir(), a.cmd.Process.Pid)}}
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v", err)
+	}
+	a.waitCount(t, 1)
+}
+
+func TestSignalMissingProcess(t *testing.T) {
+	s := &Signal{Sig: syscall.SIGHUP, Target: Target{Name: "no-such-app"}}
+	if err := s.Reload(context.Background()); !errors.Is(err, ErrNoProcess) {
+		t.Fatalf("Reload() = %v; want ErrNoProcess", err)
+	}
+	s = &Signal{Sig: syscall.SIGHUP, Target: Target{PIDFile: filepath.Join(t.TempDir(), "missing.pid")}}
+	if err := s.Reload(context.Background()); !errors.Is(err, ErrNoProcess) {
+		t.Fatalf("Reload() = %v; want ErrNoProcess", err)
+	}
+}
+
+// TestSignalEPERM runs the app as nobody (65534) and the signalling agent as
+// another unprivileged user: the agent gets EPERM and says what to do.
+func TestSignalEPERM(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the app and the agent as two other users")
+	}
+	app := startApp(t, "eperm-app", &syscall.Credential{Uid: 65534, Gid: 65534})
+	dir := sharedDir(t)
+	pidfile := writePIDFile(t, dir, app.cmd.Process.Pid)
+	agent := filepath.Join(dir, "agent")
+	copyFile(t, mustExecutable(t), agent)
+	cmd := exec.Command(agent)
+	cmd.Env = append(os.Environ(), "RELOAD_TEST_HELPER=signal", "PIDFILE="+pidfile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65533, Gid: 65533}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("agent helper: %v", err)
+	}
+	msg := string(out)
+	for _, want := range []string{"operation not permitted", "run the agent as the app's user (runAsUser) or give it CAP_KILL"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error = %q; want it to contain %q", msg, want)
+		}
+	}
+	if app.count() != 0 {
+		t.Error("app received a SIGHUP")
+	}
+}
+
+func TestRestart(t *testing.T) {
+	tests := []struct {
+		name       string
+		ignoreTerm bool
+	}{
+		{"exits on SIGTERM", false},
+		{"killed after the grace period", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var env []string
+			if tt.ignoreTerm {
+				env = append(env, "IGNORE_TERM=1")
+			}
+			a := startApp(t, "restart-app", nil, env...)
+			r := &Restart{Target: Target{Name: "restart-app"}, Grace: 300 * time.Millisecond}
+			start := time.Now()
+			if err := r.Reload(context.Background()); err != nil {
+				t.Fatalf("Reload() = %v", err)
+			}
+			select {
+			case <-a.done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("app still running")
+			}
+			ws := a.cmd.ProcessState.Sys().(syscall.WaitStatus)
+			if tt.ignoreTerm {
+				if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+					t.Errorf("app ended with %v; want SIGKILL", ws)
+				}
+				if time.Since(start) < r.Grace {
+					t.Errorf("SIGKILL before the grace period")
+				}
+			} else if ws.ExitStatus() != 0 {
+				t.Errorf("app ended with %v; want exit 0 on SIGTERM", ws)
+			}
+		})
+	}
+}
+
+func TestHTTP(t *testing.T) {
+	var hits int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits++
+		if r.Method != http.MethodPost {
+			t.Errorf("method %s; want POST", r.Method)
+		}
+		if hits == 1 {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL + "/-/reload")
+	u.User = url.UserPassword("admin", "hunter2")
+	h := &HTTP{URL: u, Method: http.MethodPost, Success: func(c int) bool { return c/100 == 2 }, Client: srv.Client()}
+	err := h.Reload(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "status 500") {
+		t.Fatalf("first Reload() = %v; want status 500", err)
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error %q shows the password", err)
+	}
+	if err := h.Reload(context.Background()); err != nil {
+		t.Fatalf("second Reload() = %v", err)
+	}
+}
+
+func TestExec(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "ran")
+	e := &Exec{Args: []string{"/bin/sh", "-c", "echo ran > " + out}, Timeout: 5 * time.Second}
+	if err := e.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v", err)
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("command did not run: %v", err)
+	}
+	e = &Exec{Args: []string{"/bin/false"}, Timeout: 5 * time.Second}
+	if err := e.Reload(context.Background()); err == nil {
+		t.Error("Reload(false) = nil; want an error")
+	}
+}

@@ -1,0 +1,126 @@
+package reload
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorder is an Action that records when it ran and fails as told.
+type recorder struct {
+	mu    sync.Mutex
+	times []time.Time
+	fail  int // fail this many calls first
+}
+
+func (r *recorder) Kind() string { return "exec" }
+
+func (r *recorder) Reload(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.times = append(r.times, time.Now())
+	if r.fail > 0 {
+		r.fail--
+		return errors.New("app not ready")
+	}
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.times)
+}
+
+func startRunner(t *testing.T, opts RunnerOptions) *Runner {
+	t.Helper()
+	r := NewRunner(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRunnerLeadingAndTrailingEdge(t *testing.T) {
+	rec := &recorder{}
+	interval := 300 * time.Millisecond
+	r := startRunner(t, RunnerOptions{Actions: []Action{rec}, MinInterval: interval})
+
+	start := time.Now()
+	r.Notify()
+	waitFor(t, "the leading reload", func() bool { return rec.count() == 1 })
+	if d := rec.times[0].Sub(start); d > interval/2 {
+		t.Errorf("first reload after %v; want at once", d)
+	}
+	// A burst inside the interval folds into exactly one more reload.
+	for range 1000 {
+		r.Notify()
+	}
+	waitFor(t, "the trailing reload", func() bool { return rec.count() == 2 })
+	if d := rec.times[1].Sub(rec.times[0]); d < interval {
+		t.Errorf("second reload %v after the first; want at least %v", d, interval)
+	}
+	time.Sleep(2 * interval)
+	if n := rec.count(); n != 2 {
+		t.Errorf("%d reloads; want 2", n)
+	}
+}
+
+func TestRunnerRetriesWithBackoff(t *testing.T) {
+	rec := &recorder{fail: 2}
+	r := startRunner(t, RunnerOptions{Actions: []Action{rec}, BackoffInitial: 20 * time.Millisecond, BackoffMax: 40 * time.Millisecond})
+	r.Notify()
+	waitFor(t, "three attempts", func() bool { return rec.count() == 3 })
+	if d := rec.times[2].Sub(rec.times[1]); d < 40*time.Millisecond {
+		t.Errorf("second retry after %v; want the doubled backoff, 40ms", d)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := rec.count(); n != 3 {
+		t.Errorf("%d attempts; want 3 (no retry after success)", n)
+	}
+}
+
+func TestRunnerRetriesFromTheFailedAction(t *testing.T) {
+	first, second := &recorder{}, &recorder{fail: 1}
+	r := startRunner(t, RunnerOptions{Actions: []Action{first, second}, BackoffInitial: 10 * time.Millisecond})
+	r.Notify()
+	waitFor(t, "the retry", func() bool { return second.count() == 2 })
+	if n := first.count(); n != 1 {
+		t.Errorf("first action ran %d times; want 1", n)
+	}
+}
+
+func TestRunnerGate(t *testing.T) {
+	rec := &recorder{}
+	var mu sync.Mutex
+	gateErr := errors.New("tls.crt expired")
+	r := startRunner(t, RunnerOptions{Actions: []Action{rec}, Gate: func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return gateErr
+	}})
+	r.Notify()
+	time.Sleep(100 * time.Millisecond)
+	if n := rec.count(); n != 0 {
+		t.Fatalf("%d reloads into invalid content; want 0", n)
+	}
+	mu.Lock()
+	gateErr = nil
+	mu.Unlock()
+	r.Notify()
+	waitFor(t, "the reload", func() bool { return rec.count() == 1 })
+}
