@@ -161,7 +161,29 @@ func (w *Watcher) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("inotify event channel closed")
 			}
-			w.handle(ev)
+			// Take every event already queued before reading: one kubelet
+			// write is several events, and a burst many more, but each
+			// directory needs reading once for all of them. This costs no
+			// latency: the reading starts as soon as the queue is empty.
+			todo := map[*dirState]string{}
+			w.handle(ev, todo)
+		drain:
+			for range 4096 {
+				select {
+				case ev, ok := <-fw.Events:
+					if !ok {
+						break drain
+					}
+					w.handle(ev, todo)
+				default:
+					break drain
+				}
+			}
+			for _, d := range w.dirs {
+				if reason, ok := todo[d]; ok {
+					w.scan(d, reason)
+				}
+			}
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return errors.New("inotify error channel closed")
@@ -180,26 +202,29 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Watcher) handle(ev fsnotify.Event) {
+// handle marks in todo the directories ev asks to read, with the reason.
+func (w *Watcher) handle(ev fsnotify.Event, todo map[*dirState]string) {
 	parent, base := filepath.Dir(ev.Name), filepath.Base(ev.Name)
 	for _, d := range w.dirs {
 		switch {
 		case ev.Name == d.path:
 			// The directory itself was created, removed or replaced.
 			w.reconcile()
-			w.scan(d, "dir-event")
+			todo[d] = "dir-event"
 		case parent == d.path:
 			// In a kubelet volume only the "..data" swap matters; the
 			// timestamped directories, "..data_tmp" and the user-visible
 			// links follow from it. Other names are files of a plain
 			// directory.
 			if base == dataDirName || !strings.HasPrefix(base, "..") {
-				w.scan(d, "event")
+				if _, ok := todo[d]; !ok {
+					todo[d] = "event"
+				}
 			}
 		case strings.HasPrefix(d.path, ev.Name+"/") || !d.present:
 			// An ancestor of a directory was created or removed.
 			w.reconcile()
-			w.scan(d, "dir-event")
+			todo[d] = "dir-event"
 		}
 	}
 }
