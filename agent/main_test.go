@@ -338,4 +338,3 @@ func tlsPair(t *testing.T, notBefore, notAfter time.Time) (crt, key string) {
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))
 }
-
