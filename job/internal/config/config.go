@@ -230,7 +230,7 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 			key := string(normalize(nil, k))
 			f := fs.Lookup(key)
 			if f == nil {
-				problems = append(problems, fmt.Errorf("config file %s: unknown key %q", file, k))
+				problems = append(problems, fmt.Errorf("%w: config file %s: unknown key %q", ErrInvalid, file, k))
 				continue
 			}
 			if !f.Changed && !envSet(env, key) {

@@ -49,7 +49,8 @@ func (e *Events) Emit(ctx context.Context, w workload.Workload, typ, reason, act
 		note = note[:1021] + "..."
 	}
 	ev := &eventsv1.Event{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: m.GetName() + ".", Namespace: m.GetNamespace()},
+		// Named as client-go's recorder names events: object name and time.
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", m.GetName(), time.Now().UnixNano()), Namespace: m.GetNamespace()},
 		EventTime:  metav1.NewMicroTime(time.Now()),
 		Regarding: corev1.ObjectReference{
 			APIVersion: "apps/v1", Kind: string(w.Kind()),
