@@ -49,3 +49,47 @@ test-assets: ## Build etcd and kube-apiserver for the API-server tests (cached b
 .PHONY: clean
 clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
 	rm -rf $(BIN)
+
+##@ Cluster
+
+# The kind cluster of the e2e tests (e2e/cluster). Its kubeconfig goes to a
+# file of its own; ~/.kube/config is left alone.
+KIND_CLUSTER_NAME ?= k8secrets
+KIND_KUBECONFIG   ?= $(CACHE_DIR)/kind-$(KIND_CLUSTER_NAME).kubeconfig
+NODE_IMAGE        ?= k8secrets/node:$(K8S_VERSION)
+# Images load-images loads; by default the project's, where built.
+IMAGES            ?= $(foreach i,k8secrets-job k8secrets-agent,$(shell docker image inspect $(i):$(VERSION) >/dev/null 2>&1 && echo $(i):$(VERSION)))
+CLUSTER_TOOL      := $(BIN)/e2e-cluster
+export KIND_CLUSTER_NAME KIND_KUBECONFIG
+
+.PHONY: ci-deps
+ci-deps: ## Install Docker and debootstrap, start dockerd if none answers (root; idempotent).
+	hack/ci-deps.sh
+
+.PHONY: kube-binaries
+kube-binaries: ## Build all Kubernetes, etcd, CoreDNS, crictl and kind binaries into $(KUBE_BIN) (cached).
+	hack/kube-binaries.sh all
+
+.PHONY: node-image
+node-image: ci-deps ## Build the offline kind node image $(NODE_IMAGE) (skipped if present; FORCE=1 rebuilds).
+	NODE_IMAGE=$(NODE_IMAGE) e2e/nodeimage/build.sh
+
+.PHONY: cluster-tool
+cluster-tool:
+	$(GO) -C e2e build -o $(CLUSTER_TOOL) ./cmd/cluster
+
+.PHONY: cluster
+cluster: node-image cluster-tool ## Create the kind cluster if missing and wait for node, kube-proxy and CoreDNS; kubeconfig in $(KIND_KUBECONFIG).
+	KIND_NODE_IMAGE=$(NODE_IMAGE) $(CLUSTER_TOOL) create
+
+.PHONY: cluster-down
+cluster-down: cluster-tool ## Delete the kind cluster and its kubeconfig file, nothing else.
+	$(CLUSTER_TOOL) delete
+
+.PHONY: load-images
+load-images: cluster-tool ## Load IMAGES (default: k8secrets-job and k8secrets-agent :$(VERSION), those built) into the cluster.
+	@if [ -z "$(strip $(IMAGES))" ]; then echo "load-images: no image to load (build k8secrets-job/k8secrets-agent:$(VERSION) or set IMAGES=)"; else $(CLUSTER_TOOL) load $(IMAGES); fi
+
+.PHONY: e2e
+e2e: cluster load-images ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
+	cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) $(GO) test -tags e2e -p 1 -count=1 -timeout 30m ./...

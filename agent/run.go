@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/k8secrets/k8secrets/agent/internal/certs"
@@ -17,10 +15,6 @@ import (
 	"github.com/k8secrets/k8secrets/agent/internal/watch"
 	"github.com/k8secrets/k8secrets/internal/version"
 )
-
-// shutdownTimeout keeps the whole stop under the one second the pod's
-// termination expects of a sidecar.
-const shutdownTimeout = 500 * time.Millisecond
 
 // run serves until ctx is done; it returns nil then, and an error if the
 // agent cannot run.
@@ -63,19 +57,16 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Metrics:        m,
 	})
 
-	srv := &http.Server{
-		Handler: health.Handler(health.Checks{
-			Alive:   func() bool { return watcher.Alive() && runner.Alive() },
-			Ready:   watcher.Ready,
-			Metrics: m.WritePrometheus,
-		}),
-		ReadHeaderTimeout: 5 * time.Second,
+	checks := health.Checks{
+		Alive:   func() bool { return watcher.Alive() && runner.Alive() },
+		Ready:   watcher.Ready,
+		Metrics: m.WritePrometheus,
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
+	go func() { srvErr <- health.Serve(ctx, ln, checks) }()
 	runnerDone := make(chan struct{})
 	go func() { runner.Run(ctx); close(runnerDone) }()
 	watchErr := make(chan error, 1)
@@ -93,11 +84,6 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		runErr = fmt.Errorf("serve %s: %w", cfg.Listen, err)
 	}
 	cancel()
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		logger.Warn("stop serving", "err", err)
-	}
 	<-runnerDone
 	if runErr == nil {
 		logger.Info("k8secrets-agent stopped")
@@ -111,15 +97,6 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 		return nil, err
 	}
 	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile}
-	client := &http.Client{
-		Timeout: cfg.HTTPTimeout,
-		Transport: &http.Transport{
-			Proxy:               nil, // the app is local: never through a proxy
-			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     90 * time.Second,
-			ForceAttemptHTTP2:   false,
-		},
-	}
 	var actions []reload.Action
 	for _, spec := range cfg.Reload {
 		r, err := config.ParseReload(spec)
@@ -132,7 +109,7 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 		case "restart":
 			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
 		case "http":
-			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Client: client})
+			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout})
 		case "exec":
 			actions = append(actions, &reload.Exec{Args: r.Args, Timeout: cfg.ExecTimeout})
 		}

@@ -37,6 +37,12 @@ const (
 // the kubelet's.
 type Writer struct {
 	Dir string
+	// Swapped is when the last Write began to rename "..data_tmp" over
+	// "..data", the moment the new content becomes visible: the benchmark
+	// measures the reload latency from it. (Taken before the rename, so
+	// that a writer descheduled after it cannot make the latency look
+	// shorter.)
+	Swapped time.Time
 }
 
 // New returns a Writer for dir, creating dir (0755) if needed, as the kubelet
@@ -122,6 +128,7 @@ func (w *Writer) write(payload map[string][]byte, force bool) error {
 		return fmt.Errorf("symlink %s: %w", newDataDirPath, err)
 	}
 	// (4)
+	w.Swapped = time.Now()
 	if err := os.Rename(newDataDirPath, dataDirPath); err != nil {
 		os.Remove(newDataDirPath)
 		os.RemoveAll(tsDir)

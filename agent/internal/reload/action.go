@@ -9,10 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
-	"net/url"
 	"os/exec"
 	"slices"
 	"syscall"
@@ -120,44 +117,6 @@ func (r *Restart) Reload(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// HTTP sends a request to the app's reload endpoint.
-type HTTP struct {
-	URL     *url.URL
-	Method  string
-	Success func(code int) bool
-	Client  *http.Client
-}
-
-// Kind implements Action.
-func (h *HTTP) Kind() string { return "http" }
-
-// Reload implements Action.
-func (h *HTTP) Reload(ctx context.Context) error {
-	target := h.URL.Redacted()
-	req, err := http.NewRequestWithContext(ctx, h.Method, h.URL.String(), http.NoBody)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", h.Method, target, err)
-	}
-	req.Header.Set("User-Agent", "k8secrets-agent")
-	resp, err := h.Client.Do(req)
-	if err != nil {
-		// url.Error repeats the URL; unwrap it to print the redacted one.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%s %s: %w", h.Method, target, err)
-	}
-	// Drain a little so the connection is reused: a warm connection is
-	// what keeps a reload well under a millisecond.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if !h.Success(resp.StatusCode) {
-		return fmt.Errorf("%s %s: status %d", h.Method, target, resp.StatusCode)
-	}
-	return nil
 }
 
 // Exec runs a command in the agent's container (no shell: the image has

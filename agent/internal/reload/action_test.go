@@ -127,7 +127,7 @@ func TestHTTP(t *testing.T) {
 	defer srv.Close()
 	u, _ := url.Parse(srv.URL + "/-/reload")
 	u.User = url.UserPassword("admin", "hunter2")
-	h := &HTTP{URL: u, Method: http.MethodPost, Success: func(c int) bool { return c/100 == 2 }, Client: srv.Client()}
+	h := &HTTP{URL: u, Method: http.MethodPost, Success: func(c int) bool { return c/100 == 2 }, Timeout: time.Second}
 	err := h.Reload(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "status 500") {
 		t.Fatalf("first Reload() = %v; want status 500", err)

@@ -94,4 +94,3 @@ func TestResolve(t *testing.T) {
 		}
 	}
 }
-
