@@ -3,6 +3,7 @@ package reload
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -114,20 +116,45 @@ func TestRestart(t *testing.T) {
 }
 
 func TestHTTP(t *testing.T) {
-	var hits int
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var mu sync.Mutex
+	hits, conns := 0, 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		hits++
-		if r.Method != http.MethodPost {
-			t.Errorf("method %s; want POST", r.Method)
+		n := hits
+		mu.Unlock()
+		if r.Method != http.MethodPost || r.URL.RequestURI() != "/-/reload?x=1" {
+			t.Errorf("request %s %s; want POST /-/reload?x=1", r.Method, r.URL.RequestURI())
 		}
-		if hits == 1 {
+		if u, p, _ := r.BasicAuth(); u != "admin" || p != "hunter2" {
+			t.Errorf("basic auth %q %q; want the URL's", u, p)
+		}
+		switch n {
+		case 1:
 			w.WriteHeader(http.StatusInternalServerError)
+		case 3:
+			// A chunked body: the agent reads the status and closes.
+			w.Write([]byte("reloaded"))
+			w.(http.Flusher).Flush()
+			w.Write([]byte(" all"))
+		case 5:
+			time.Sleep(300 * time.Millisecond)
 		}
 	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			mu.Lock()
+			conns++
+			mu.Unlock()
+		}
+	}
+	srv.Start()
 	defer srv.Close()
-	u, _ := url.Parse(srv.URL + "/-/reload")
+	u, _ := url.Parse(srv.URL + "/-/reload?x=1")
 	u.User = url.UserPassword("admin", "hunter2")
-	h := &HTTP{URL: u, Method: http.MethodPost, Success: func(c int) bool { return c/100 == 2 }, Timeout: time.Second}
+	h := &HTTP{URL: u, Method: http.MethodPost, Success: func(c int) bool { return c/100 == 2 }, Timeout: 100 * time.Millisecond}
+	defer h.Close()
+
 	err := h.Reload(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "status 500") {
 		t.Fatalf("first Reload() = %v; want status 500", err)
@@ -135,8 +162,23 @@ func TestHTTP(t *testing.T) {
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error %q shows the password", err)
 	}
+	for i := 2; i <= 4; i++ {
+		if err := h.Reload(context.Background()); err != nil {
+			t.Fatalf("Reload() #%d = %v", i, err)
+		}
+	}
+	mu.Lock()
+	if conns != 2 {
+		t.Errorf("%d connections for 4 reloads; want 2 (kept alive, then closed after the chunked body)", conns)
+	}
+	mu.Unlock()
+	// The app drops idle connections: the next reload redials.
+	srv.CloseClientConnections()
+	if err := h.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "timed out after 100ms") {
+		t.Fatalf("slow Reload() = %v; want a timeout", err)
+	}
 	if err := h.Reload(context.Background()); err != nil {
-		t.Fatalf("second Reload() = %v", err)
+		t.Fatalf("Reload() after the timeout = %v", err)
 	}
 }
 

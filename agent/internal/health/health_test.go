@@ -1,0 +1,83 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+func TestServe(t *testing.T) {
+	var alive, ready atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ln, Checks{Alive: alive.Load, Ready: ready.Load, Metrics: func(w io.Writer) {
+			fmt.Fprintln(w, "k8secrets_agent_resyncs_total 3")
+		}})
+	}()
+	base := "http://" + ln.Addr().String()
+	get := func(method, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	tests := []struct {
+		name         string
+		alive, ready bool
+		method, path string
+		code         int
+		body         string
+	}{
+		{"dead watcher", false, true, "GET", "/healthz", 503, "watcher not running"},
+		{"alive", true, false, "GET", "/healthz", 200, "ok"},
+		{"not ready", true, false, "GET", "/readyz", 503, "first scan not done"},
+		{"ready", true, true, "GET", "/readyz?verbose", 200, "ok"},
+		{"head", true, true, "HEAD", "/healthz", 200, ""},
+		{"metrics", true, true, "GET", "/metrics", 200, "k8secrets_agent_resyncs_total 3"},
+		{"unknown path", true, true, "GET", "/", 404, "not found"},
+		{"post", true, true, "POST", "/healthz", 405, "method not allowed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			alive.Store(tt.alive)
+			ready.Store(tt.ready)
+			code, body := get(tt.method, tt.path)
+			if code != tt.code || !strings.Contains(body, tt.body) {
+				t.Errorf("%s %s = %d %q; want %d %q", tt.method, tt.path, code, body, tt.code, tt.body)
+			}
+		})
+	}
+
+	// A malformed request gets a 400, not a hang.
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(conn, "nonsense\r\n\r\n")
+	b, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
+		t.Errorf("malformed request answered %q; want 400", b)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve() = %v; want nil after cancel", err)
+	}
+}
