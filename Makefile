@@ -50,6 +50,13 @@ test-assets: ## Build etcd and kube-apiserver for the API-server tests (cached b
 clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
 	rm -rf $(BIN)
 
+##@ Benchmarks
+
+.PHONY: bench-agent
+bench-agent: ## Measure the stripped agent: swap-to-reload latency, burst reloads, idle RSS, binary size.
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
+	$(GO) run ./agent/cmd/bench -binary $(BIN)/k8secrets-agent
+
 ##@ Cluster
 
 # The kind cluster of the e2e tests (e2e/cluster). Its kubeconfig goes to a
