@@ -20,6 +20,9 @@ func TestMain(m *testing.M) {
 	switch os.Getenv("RELOAD_TEST_HELPER") {
 	case "app":
 		app()
+	case "signal-pod":
+		signalPod()
+		os.Exit(0)
 	case "signal":
 		// An agent without root's right to signal anyone.
 		err := (&Signal{Sig: syscall.SIGHUP, Target: Target{PIDFile: os.Getenv("PIDFILE")}}).Reload(context.Background())
