@@ -43,8 +43,8 @@ unit: test-assets ## Unit tests and real-API-server tests, with the race detecto
 test: lint unit ## Everything CI runs: lint, unit and API-server tests.
 
 .PHONY: test-assets
-test-assets: ## Build etcd and kube-apiserver for the API-server tests (cached by version).
-	hack/kube-binaries.sh etcd kube-apiserver
+test-assets: ## Build etcd, kube-apiserver and kube-controller-manager for the API-server tests (cached by version).
+	hack/kube-binaries.sh etcd kube-apiserver kube-controller-manager
 
 .PHONY: clean
 clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).

@@ -169,10 +169,11 @@ func (r *Roller) Converge(ctx context.Context, w workload.Workload, undo plan.Ch
 	}
 	r.Log.Warn("unfinished rollout failed; removing the injection", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
 	rctx := context.WithoutCancel(ctx)
-	if _, err := r.Apply(rctx, undo, false); err != nil {
+	undone, err := r.Apply(rctx, undo, false)
+	if err != nil {
 		return true, fmt.Errorf("%w: %s: %v; removing the injection failed: %v", ErrRollbackFailed, w, waitErr, err)
 	}
-	if err := r.settle(rctx, w, progress); err != nil {
+	if err := r.settle(rctx, w, workload.New(undone).Meta().GetGeneration(), progress, badRevision(obj)); err != nil {
 		return true, fmt.Errorf("%w: %s: %v; after removing the injection: %v", ErrRollbackFailed, w, waitErr, err)
 	}
 	return true, fmt.Errorf("%w: %s: %v; the injection is removed and its pods are healthy", ErrRolledBack, w, waitErr)
@@ -192,21 +193,18 @@ func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, ma
 			return err
 		}
 	}
-	if bad != nil {
-		if err := r.Cache.Sync(ctx, w.Kind(), w.Name(), workload.New(obj).Meta().GetGeneration()); err != nil {
-			return err
-		}
-	}
-	return r.settle(ctx, w, progress, badRevision(bad))
+	return r.settle(ctx, w, workload.New(obj).Meta().GetGeneration(), progress, badRevision(bad))
 }
 
 // settle waits, after a rollback, for the workload to be healthy again. A
 // StatefulSet does not replace pods of a broken revision by itself (they
 // never become Ready, and it waits for them): delete those.
-func (r *Roller) settle(ctx context.Context, w workload.Workload, progress func(string), badRevisions ...string) error {
-	obj, err := r.Cache.Get(w.Kind(), w.Name())
+func (r *Roller) settle(ctx context.Context, w workload.Workload, gen int64, progress func(string), badRevisions ...string) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, r.Timeout, fmt.Errorf("%w: not healthy again within %s (--timeout)", ErrFailed, r.Timeout))
+	defer cancel()
+	obj, err := r.Cache.Observed(ctx, w.Kind(), w.Name(), gen)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", w, err)
+		return err
 	}
 	if sts, ok := obj.(*appsv1.StatefulSet); ok {
 		for _, rev := range badRevisions {
@@ -218,7 +216,7 @@ func (r *Roller) settle(ctx context.Context, w workload.Workload, progress func(
 			}
 		}
 	}
-	return r.rollOut(ctx, w, workload.New(obj).Meta().GetGeneration(), progress)
+	return r.rollOut(ctx, w, gen, progress)
 }
 
 func badRevision(obj runtime.Object) string {
@@ -270,7 +268,7 @@ func (r *Roller) rollOut(ctx context.Context, w workload.Workload, gen int64, pr
 	}
 	if obj, _ := r.Cache.Get(w.Kind(), w.Name()); obj != nil {
 		if sts, ok := obj.(*appsv1.StatefulSet); ok && sts.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType {
-			if err := r.rollOnDelete(ctx, w, progress); err != nil {
+			if err := r.rollOnDelete(ctx, w, gen, progress); err != nil {
 				return err
 			}
 		}

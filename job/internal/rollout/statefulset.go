@@ -24,11 +24,12 @@ import (
 // rollOnDelete updates a StatefulSet with the OnDelete strategy the way its
 // controller would with RollingUpdate: one pod at a time, highest ordinal
 // first, each deleted only when the previous one is Ready at the new revision.
-func (r *Roller) rollOnDelete(ctx context.Context, w workload.Workload, progress func(string)) error {
+func (r *Roller) rollOnDelete(ctx context.Context, w workload.Workload, gen int64, progress func(string)) error {
 	for {
-		obj, err := r.Cache.Get(w.Kind(), w.Name())
+		// The update revision is known once the controller observed gen.
+		obj, err := r.Cache.Observed(ctx, w.Kind(), w.Name(), gen)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", w, err)
+			return err
 		}
 		sts := obj.(*appsv1.StatefulSet)
 		rev := sts.Status.UpdateRevision

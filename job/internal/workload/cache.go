@@ -140,16 +140,34 @@ func (c *Cache) notify(kind Kind, obj any) {
 // later: right after a write the informer may still hold the old object,
 // whose status would describe the previous generation.
 func (c *Cache) Sync(ctx context.Context, kind Kind, name string, gen int64) error {
+	_, err := c.until(ctx, kind, name, func(obj runtime.Object) bool { return meta(obj).GetGeneration() >= gen })
+	if err != nil {
+		return fmt.Errorf("watch %s %s: generation %d not seen: %w", kind, name, gen, err)
+	}
+	return nil
+}
+
+// Observed waits until the workload's controller has observed generation gen
+// (its status describes it) and returns the object.
+func (c *Cache) Observed(ctx context.Context, kind Kind, name string, gen int64) (runtime.Object, error) {
+	obj, err := c.until(ctx, kind, name, func(obj runtime.Object) bool { return ObservedGeneration(obj) >= gen })
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: its controller has not observed generation %d: %w", kind, name, gen, err)
+	}
+	return obj, nil
+}
+
+func (c *Cache) until(ctx context.Context, kind Kind, name string, cond func(runtime.Object) bool) (runtime.Object, error) {
 	changed, stop := c.Subscribe(kind, name)
 	defer stop()
 	for {
-		if obj, err := c.Get(kind, name); err == nil && meta(obj).GetGeneration() >= gen {
-			return nil
+		if obj, err := c.Get(kind, name); err == nil && cond(obj) {
+			return obj, nil
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return fmt.Errorf("watch %s %s: generation %d not seen: %w", kind, name, gen, context.Cause(ctx))
+			return nil, context.Cause(ctx)
 		}
 	}
 }

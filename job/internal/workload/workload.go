@@ -192,3 +192,16 @@ func Resolve(pods []corev1.Pod, g Getter) ([]Workload, []Skipped, error) {
 	})
 	return out, skipped, nil
 }
+
+// ObservedGeneration is the generation the workload's controller has seen.
+func ObservedGeneration(obj runtime.Object) int64 {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return o.Status.ObservedGeneration
+	case *appsv1.StatefulSet:
+		return o.Status.ObservedGeneration
+	case *appsv1.DaemonSet:
+		return o.Status.ObservedGeneration
+	}
+	panic(fmt.Sprintf("workload: unsupported object %T", obj))
+}

@@ -1,0 +1,461 @@
+package main
+
+// Tests against a real kube-apiserver and kube-controller-manager (started by
+// internal/apitest from the binaries `make unit` builds). There is no kubelet:
+// a stand-in marks pods Running and Ready, or, for "broken" pods, leaves them
+// Pending, so the real deployment and statefulset controllers roll out.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/k8secrets/k8secrets/internal/apitest"
+	"github.com/k8secrets/k8secrets/job/internal/config"
+	"github.com/k8secrets/k8secrets/job/internal/plan"
+)
+
+func TestMain(m *testing.M) { os.Exit(apitest.Main(m, apitest.WithControllerManager())) }
+
+// standInKubelet marks the namespace's pods Running and Ready, except those
+// broken says never start.
+func standInKubelet(ctx context.Context, t *testing.T, c kubernetes.Interface, ns string, broken func(*corev1.Pod) bool) {
+	go func() {
+		for ctx.Err() == nil {
+			w, err := c.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			for ev := range w.ResultChan() {
+				p, ok := ev.Object.(*corev1.Pod)
+				if !ok || p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodRunning || broken(p) {
+					continue
+				}
+				p = p.DeepCopy()
+				now := metav1.Now()
+				p.Status.Phase = corev1.PodRunning
+				p.Status.StartTime = &now
+				p.Status.Conditions = []corev1.PodCondition{
+					{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
+					{Type: corev1.PodInitialized, Status: corev1.ConditionTrue, LastTransitionTime: now},
+					{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+					{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+				}
+				if _, err := c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+					t.Logf("stand-in kubelet: %v", err)
+				}
+			}
+		}
+	}()
+}
+
+func hasInjectedVolume(p *corev1.Pod) bool {
+	for _, v := range p.Spec.Volumes {
+		if strings.HasPrefix(v.Name, "k8secrets-") {
+			return true
+		}
+	}
+	return false
+}
+
+func never(*corev1.Pod) bool { return false }
+
+type cluster struct {
+	t      *testing.T
+	ctx    context.Context
+	c      kubernetes.Interface
+	ns     string
+	broken func(*corev1.Pod) bool
+}
+
+func newCluster(t *testing.T, broken func(*corev1.Pod) bool) *cluster {
+	env := apitest.Shared(t)
+	ns := env.Namespace(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, ns: ns, broken: broken}
+	standInKubelet(ctx, t, env.Client, ns, func(p *corev1.Pod) bool { return cl.broken(p) })
+	return cl
+}
+
+func (cl *cluster) secret(name string) {
+	cl.t.Helper()
+	_, err := cl.c.CoreV1().Secrets(cl.ns).Create(cl.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Data: map[string][]byte{"password": []byte(secretValue)}}, metav1.CreateOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+}
+
+func podTemplate(app string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": app}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "web:1",
+			SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To(int64(1000))}}}},
+	}
+}
+
+// deployment creates a Deployment and waits until it is available.
+func (cl *cluster) deployment(name, app string, replicas int32) *appsv1.Deployment {
+	cl.t.Helper()
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(replicas), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+			Template: podTemplate(app)}}
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Create(cl.ctx, d, metav1.CreateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+	return cl.waitDeployment(name)
+}
+
+func (cl *cluster) waitDeployment(name string) *appsv1.Deployment {
+	cl.t.Helper()
+	var d *appsv1.Deployment
+	err := wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		d, err = cl.c.AppsV1().Deployments(cl.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return d.Status.ObservedGeneration == d.Generation && d.Status.AvailableReplicas == *d.Spec.Replicas &&
+			d.Status.UpdatedReplicas == *d.Spec.Replicas && d.Status.Replicas == *d.Spec.Replicas, nil
+	})
+	if err != nil {
+		cl.t.Fatalf("deployment %s/%s not available: %v (status %+v)", cl.ns, name, err, d.Status)
+	}
+	return d
+}
+
+func (cl *cluster) statefulSet(name, app string, replicas int32, strategy appsv1.StatefulSetUpdateStrategyType) *appsv1.StatefulSet {
+	cl.t.Helper()
+	s := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To(replicas), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+			Template: podTemplate(app), UpdateStrategy: appsv1.StatefulSetUpdateStrategy{Type: strategy}}}
+	if _, err := cl.c.AppsV1().StatefulSets(cl.ns).Create(cl.ctx, s, metav1.CreateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		s, err = cl.c.AppsV1().StatefulSets(cl.ns).Get(ctx, name, metav1.GetOptions{})
+		return err == nil && s.Status.ObservedGeneration == s.Generation && s.Status.ReadyReplicas == replicas, err
+	})
+	if err != nil {
+		cl.t.Fatalf("statefulset %s/%s not ready: %v", cl.ns, name, err)
+	}
+	return s
+}
+
+// job runs the Job's command line against the real API server.
+func (cl *cluster) job(args ...string) result {
+	cl.t.Helper()
+	args = append(args, "-n", cl.ns)
+	cfg, err := config.Parse(args, func(string) (string, bool) { return "", false }, io.Discard)
+	if err != nil {
+		cl.t.Fatalf("parse %q: %v", args, err)
+	}
+	var logs, out bytes.Buffer
+	rep, err := run(cl.ctx, cfg, cl.c, cl.ns, slog.New(slog.NewTextHandler(&logs, nil)))
+	_ = rep.Write(&out, "text")
+	r := result{code: exitCode(err), err: err, out: out.String(), logs: logs.String()}
+	for _, s := range []string{r.out, r.logs, errString(err)} {
+		if strings.Contains(s, secretValue) {
+			cl.t.Fatal("a Secret value reached the report, a log line or an error")
+		}
+	}
+	return r
+}
+
+func (cl *cluster) pods(app string) []corev1.Pod {
+	cl.t.Helper()
+	l, err := cl.c.CoreV1().Pods(cl.ns).List(cl.ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return l.Items
+}
+
+func (cl *cluster) replicaSets() int {
+	l, err := cl.c.AppsV1().ReplicaSets(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return len(l.Items)
+}
+
+func (cl *cluster) events(reason string) []string {
+	l, err := cl.c.EventsV1().Events(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	var out []string
+	for _, e := range l.Items {
+		if e.Reason == reason {
+			out = append(out, e.Regarding.Kind+"/"+e.Regarding.Name)
+		}
+	}
+	return out
+}
+
+func injectArgs(selector, secret string, extra ...string) []string {
+	return append([]string{"inject", "-l", selector, "--secret", secret, "--agent-image", "k8secrets-agent:test", "--timeout", "30s"}, extra...)
+}
+
+// Inject, rerun, status and remove on a Deployment and a StatefulSet, rolled
+// out by the real controllers.
+func TestAPIInjectRerunRemove(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	orig := cl.deployment("web", "web", 2)
+	origSts := cl.statefulSet("db", "web", 2, appsv1.RollingUpdateStatefulSetStrategyType)
+
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 0 {
+		t.Fatalf("inject: exit %d: %v\n%s", r.code, r.err, r.logs)
+	}
+	d := cl.waitDeployment("web")
+	spec := d.Spec.Template.Spec
+	if len(spec.Volumes) != 1 || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != "db-creds" {
+		t.Errorf("deployment volumes = %+v; want the db-creds secret volume", spec.Volumes)
+	}
+	if m := spec.Containers[0].VolumeMounts; len(m) != 1 || m[0].MountPath != "/var/run/secrets/k8secrets/db-creds" || !m[0].ReadOnly {
+		t.Errorf("app mounts = %+v; want a read-only mount at the default path", m)
+	}
+	if ic := spec.InitContainers; len(ic) != 1 || ic[0].Name != "k8secrets-agent-db-creds" || ic[0].RestartPolicy == nil || *ic[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("init containers = %+v; want the agent as a native sidecar", ic)
+	}
+	if d.Labels["k8secrets.io/injected"] != "true" || d.Spec.Template.Annotations[plan.HashAnnotation("db-creds")] == "" {
+		t.Errorf("marks: labels %v annotations %v", d.Labels, d.Spec.Template.Annotations)
+	}
+	for _, p := range cl.pods("web") {
+		if p.DeletionTimestamp == nil && !hasInjectedVolume(&p) {
+			t.Errorf("pod %s has no injected volume after the rollout", p.Name)
+		}
+	}
+	if ev := cl.events("Injected"); len(ev) != 2 {
+		t.Errorf("Injected events on %v; want the deployment and the statefulset", ev)
+	}
+
+	// A rerun changes nothing: no new ReplicaSet, no new generation.
+	rs, gen := cl.replicaSets(), d.Generation
+	r = cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 0 || strings.Count(r.out, "unchanged") != 2 {
+		t.Fatalf("rerun: exit %d (%v); report:\n%s", r.code, r.err, r.out)
+	}
+	d, _ = cl.c.AppsV1().Deployments(cl.ns).Get(cl.ctx, "web", metav1.GetOptions{})
+	if cl.replicaSets() != rs || d.Generation != gen {
+		t.Errorf("rerun: replicasets %d -> %d, generation %d -> %d; want no change", rs, cl.replicaSets(), gen, d.Generation)
+	}
+
+	r = cl.job("status")
+	if r.code != 0 || !strings.Contains(r.out, "Deployment") || !strings.Contains(r.out, "StatefulSet") || !strings.Contains(r.out, "db-creds") {
+		t.Errorf("status: exit %d; report:\n%s", r.code, r.out)
+	}
+
+	r = cl.job("remove", "-l", "app=web", "--secret", "db-creds", "--timeout", "30s")
+	if r.code != 0 {
+		t.Fatalf("remove: exit %d: %v", r.code, r.err)
+	}
+	d = cl.waitDeployment("web")
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("remove left deployment template\n%+v\nwant the original\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	s, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{})
+	if !equality.Semantic.DeepEqual(s.Spec.Template, origSts.Spec.Template) {
+		t.Errorf("remove left statefulset template\n%+v\nwant the original\n%+v", s.Spec.Template, origSts.Spec.Template)
+	}
+	if _, ok := d.Labels["k8secrets.io/injected"]; ok {
+		t.Errorf("remove left the injected label: %v", d.Labels)
+	}
+}
+
+// A rollout that never becomes healthy is rolled back to the exact previous
+// template, and the pods are healthy again.
+func TestAPIFailedRolloutRollsBack(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	cl.secret("db-creds")
+	orig := cl.deployment("web", "web", 2)
+	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "3s")...)
+	if r.code != 5 {
+		t.Fatalf("inject: exit %d (%v); want 5", r.code, r.err)
+	}
+	d := cl.waitDeployment("web")
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after rollback the template is\n%+v\nwant\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	for _, p := range cl.pods("web") {
+		if hasInjectedVolume(&p) && p.DeletionTimestamp == nil {
+			t.Errorf("pod %s of the failed revision is still there", p.Name)
+		}
+	}
+	if len(cl.events("RolloutFailed")) != 1 || len(cl.events("RolledBack")) != 1 {
+		t.Errorf("events RolloutFailed %v, RolledBack %v; want one each", cl.events("RolloutFailed"), cl.events("RolledBack"))
+	}
+	if !strings.Contains(r.out, "rolled back") {
+		t.Errorf("report does not say rolled back:\n%s", r.out)
+	}
+}
+
+// A StatefulSet whose new revision never becomes Ready: its template is
+// restored and the stuck pod of the bad revision is replaced.
+func TestAPIStatefulSetRollback(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	cl.secret("db-creds")
+	orig := cl.statefulSet("db", "db", 3, appsv1.RollingUpdateStatefulSetStrategyType)
+	r := cl.job(injectArgs("app=db", "db-creds", "--timeout", "3s")...)
+	if r.code != 5 {
+		t.Fatalf("inject: exit %d (%v); want 5", r.code, r.err)
+	}
+	s, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{})
+	if !equality.Semantic.DeepEqual(s.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after rollback the template differs from the original")
+	}
+	ready := 0
+	for _, p := range cl.pods("db") {
+		if hasInjectedVolume(&p) {
+			t.Errorf("pod %s of the failed revision is still there", p.Name)
+		}
+		if podReady(&p) {
+			ready++
+		}
+	}
+	if ready != 3 {
+		t.Errorf("%d of 3 pods ready after the rollback", ready)
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// With the OnDelete strategy the Job replaces the pods itself, one at a
+// time, highest ordinal first.
+func TestAPIStatefulSetOnDelete(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.statefulSet("db", "db", 3, appsv1.OnDeleteStatefulSetStrategyType)
+	r := cl.job(injectArgs("app=db", "db-creds")...)
+	if r.code != 0 {
+		t.Fatalf("inject: exit %d: %v\n%s", r.code, r.err, r.logs)
+	}
+	var order []string
+	for _, line := range strings.Split(r.logs, "\n") {
+		if i := strings.Index(line, "OnDelete: deleting pod "); i >= 0 {
+			order = append(order, strings.Fields(line[i+len("OnDelete: deleting pod "):])[0])
+		}
+	}
+	if strings.Join(order, ",") != "db-2,db-1,db-0" {
+		t.Errorf("pods deleted in order %v; want db-2, db-1, db-0", order)
+	}
+	for _, p := range cl.pods("db") {
+		if !hasInjectedVolume(&p) || !podReady(&p) {
+			t.Errorf("pod %s: injected %v, ready %v; want both", p.Name, hasInjectedVolume(&p), podReady(&p))
+		}
+	}
+}
+
+// A server-side dry-run rejection (here a ValidatingAdmissionPolicy) stops
+// the run before any change: exit 4, every object untouched.
+func TestAPIDryRunRejectedChangesNothing(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	cl.deployment("web2", "web", 1)
+	name := "no-sidecars-" + cl.ns
+	pol := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
+				}}}},
+			Validations: []admissionregistrationv1.Validation{{
+				Expression: "object.metadata.name != 'web2' || !has(object.spec.template.spec.initContainers)",
+				Message:    "no init containers in web2",
+			}},
+		},
+	}
+	admission := cl.c.AdmissionregistrationV1()
+	if _, err := admission.ValidatingAdmissionPolicies().Create(cl.ctx, pol, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admission.ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": cl.ns}}}}}
+	if _, err := admission.ValidatingAdmissionPolicyBindings().Create(cl.ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admission.ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	// The policy takes effect asynchronously: wait until it rejects.
+	err := wait.PollUntilContextTimeout(cl.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		d, err := cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web2", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		d.Spec.Template.Spec.InitContainers = []corev1.Container{{Name: "probe", Image: "x"}}
+		_, err = cl.c.AppsV1().Deployments(cl.ns).Update(ctx, d, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+		return apierrors.IsInvalid(err) || apierrors.IsForbidden(err), nil
+	})
+	if err != nil {
+		t.Fatalf("the policy never took effect: %v", err)
+	}
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "no init containers in web2") {
+		t.Fatalf("inject: exit %d (%v); want 4 naming the policy's message", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although the plan was rejected:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// versions lists every workload, ReplicaSet, pod and lease with its
+// resourceVersion.
+func (cl *cluster) versions() string {
+	cl.t.Helper()
+	var b strings.Builder
+	ds, _ := cl.c.AppsV1().Deployments(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	for _, o := range ds.Items {
+		fmt.Fprintf(&b, "deploy/%s@%s ", o.Name, o.ResourceVersion)
+	}
+	rs, _ := cl.c.AppsV1().ReplicaSets(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	for _, o := range rs.Items {
+		fmt.Fprintf(&b, "rs/%s@%s ", o.Name, o.ResourceVersion)
+	}
+	ps, _ := cl.c.CoreV1().Pods(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	for _, o := range ps.Items {
+		fmt.Fprintf(&b, "pod/%s@%s ", o.Name, o.ResourceVersion)
+	}
+	ls, _ := cl.c.CoordinationV1().Leases(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	for _, o := range ls.Items {
+		fmt.Fprintf(&b, "lease/%s@%s ", o.Name, o.ResourceVersion)
+	}
+	return b.String()
+}
