@@ -8,47 +8,61 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/k8secrets/k8secrets/internal/apitest"
 	"github.com/k8secrets/k8secrets/job/internal/config"
+	"github.com/k8secrets/k8secrets/job/internal/lock"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
+	"github.com/k8secrets/k8secrets/job/internal/record"
 )
 
 func TestMain(m *testing.M) { os.Exit(apitest.Main(m, apitest.WithControllerManager())) }
 
 // standInKubelet marks the namespace's pods Running and Ready, except those
-// broken says never start.
+// broken says never start. It lists every 100ms rather than watching, so that
+// a pod left Pending starts once broken changes its mind.
 func standInKubelet(ctx context.Context, t *testing.T, c kubernetes.Interface, ns string, broken func(*corev1.Pod) bool) {
 	go func() {
-		for ctx.Err() == nil {
-			w, err := c.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			l, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
-				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			for ev := range w.ResultChan() {
-				p, ok := ev.Object.(*corev1.Pod)
-				if !ok || p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodRunning || broken(p) {
+			for i := range l.Items {
+				p := &l.Items[i]
+				if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodRunning || broken(p) {
 					continue
 				}
-				p = p.DeepCopy()
 				now := metav1.Now()
 				p.Status.Phase = corev1.PodRunning
 				p.Status.StartTime = &now
@@ -82,7 +96,7 @@ type cluster struct {
 	ctx    context.Context
 	c      kubernetes.Interface
 	ns     string
-	broken func(*corev1.Pod) bool
+	broken atomic.Pointer[func(*corev1.Pod) bool]
 }
 
 func newCluster(t *testing.T, broken func(*corev1.Pod) bool) *cluster {
@@ -90,8 +104,9 @@ func newCluster(t *testing.T, broken func(*corev1.Pod) bool) *cluster {
 	ns := env.Namespace(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	cl := &cluster{t: t, ctx: ctx, c: env.Client, ns: ns, broken: broken}
-	standInKubelet(ctx, t, env.Client, ns, func(p *corev1.Pod) bool { return cl.broken(p) })
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, ns: ns}
+	cl.broken.Store(&broken)
+	standInKubelet(ctx, t, env.Client, ns, func(p *corev1.Pod) bool { return (*cl.broken.Load())(p) })
 	return cl
 }
 
@@ -161,17 +176,23 @@ func (cl *cluster) statefulSet(name, app string, replicas int32, strategy appsv1
 	return s
 }
 
-// job runs the Job's command line against the real API server.
+// job runs the Job's command line against the real API server as an admin.
 func (cl *cluster) job(args ...string) result {
 	cl.t.Helper()
-	args = append(args, "-n", cl.ns)
+	return cl.jobAs(cl.ctx, cl.c, args...)
+}
+
+// jobAs runs the Job's command line with ctx and client.
+func (cl *cluster) jobAs(ctx context.Context, client kubernetes.Interface, args ...string) result {
+	cl.t.Helper()
+	args = append([]string{args[0], "-n", cl.ns}, args[1:]...)
 	cfg, err := config.Parse(args, func(string) (string, bool) { return "", false }, io.Discard)
 	if err != nil {
 		cl.t.Fatalf("parse %q: %v", args, err)
 	}
 	var logs, out bytes.Buffer
-	rep, err := run(cl.ctx, cfg, cl.c, cl.ns, slog.New(slog.NewTextHandler(&logs, nil)))
-	_ = rep.Write(&out, "text")
+	rep, err := run(ctx, cfg, client, cl.ns, slog.New(slog.NewTextHandler(&logs, nil)))
+	_ = rep.Write(&out, cfg.Output)
 	r := result{code: exitCode(err), err: err, out: out.String(), logs: logs.String()}
 	for _, s := range []string{r.out, r.logs, errString(err)} {
 		if strings.Contains(s, secretValue) {
@@ -460,4 +481,169 @@ func (cl *cluster) versions() string {
 		fmt.Fprintf(&b, "lease/%s@%s ", o.Name, o.ResourceVersion)
 	}
 	return b.String()
+}
+
+// The Job works under the shipped Role alone, and the Role lets it read no
+// other Secret and touch no other namespace.
+func TestAPIShippedRoleIsEnough(t *testing.T) {
+	cl := newCluster(t, never)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	cl.secret("other")
+	cl.deployment("web", "web", 1)
+
+	raw, err := os.ReadFile("../manifests/base/role.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.Role
+	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
+		t.Fatal(err)
+	}
+	role.Rules[0].ResourceNames = []string{"db-creds"} // as the kustomization does
+	if _, err := cl.c.RbacV1().Roles(cl.ns).Create(cl.ctx, &role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = cl.c.RbacV1().RoleBindings(cl.ns).Create(cl.ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "k8secrets-job"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "k8secrets-job"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	asJob, err := kubernetes.NewForConfig(env.As("k8secrets-job"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// RBAC takes effect asynchronously.
+	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := asJob.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
+		return err == nil, nil
+	})
+
+	r := cl.jobAs(cl.ctx, asJob, injectArgs("app=web", "db-creds")...)
+	if r.code != 0 {
+		t.Fatalf("inject under the shipped Role: exit %d: %v\n%s", r.code, r.err, r.logs)
+	}
+	if ev := cl.events("Injected"); len(ev) != 1 {
+		t.Errorf("Injected events %v; want one", ev)
+	}
+	r = cl.jobAs(cl.ctx, asJob, injectArgs("app=web", "other")...)
+	if r.code != 3 || !strings.Contains(errString(r.err), `grant verb "get" on resource "secrets"`) {
+		t.Errorf("inject of a Secret the Role does not name: exit %d (%v); want 3 naming the missing verb", r.code, r.err)
+	}
+	other := env.Namespace(t)
+	r = cl.jobAs(cl.ctx, asJob, append(injectArgs("app=web", "db-creds"), "-n", other)...)
+	if r.code == 0 || !apierrors.IsForbidden(errors.Unwrap(r.err)) && !strings.Contains(errString(r.err), "forbidden") {
+		t.Errorf("inject in another namespace: exit %d (%v); want forbidden", r.code, r.err)
+	}
+	for _, verb := range []string{"create", "delete"} {
+		ok, err := canI(cl.ctx, asJob, verb, "", "secrets", cl.ns)
+		if err != nil || ok {
+			t.Errorf("can the Job %s secrets? %v (%v); want no", verb, ok, err)
+		}
+	}
+	if ok, _ := canI(cl.ctx, asJob, "patch", "apps", "deployments", other); ok {
+		t.Errorf("the Job may patch deployments in another namespace")
+	}
+}
+
+func canI(ctx context.Context, c kubernetes.Interface, verb, group, resource, ns string) (bool, error) {
+	r, err := c.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Namespace: ns, Verb: verb, Group: group, Resource: resource}}}, metav1.CreateOptions{})
+	if err != nil {
+		return false, err
+	}
+	return r.Status.Allowed, nil
+}
+
+// A second run while the first holds the lock exits 7 at once.
+func TestAPIConcurrentRunExits7(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	l, err := lock.Acquire(cl.ctx, cl.c, cl.ns, "k8secrets-db-creds", "first-run", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 7 || !strings.Contains(errString(r.err), "held by first-run") {
+		t.Fatalf("second run: exit %d (%v); want 7 naming the holder", r.code, r.err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("second run took %s to give up; want at once", d)
+	}
+	if err := l.Release(cl.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := cl.job(injectArgs("app=web", "db-creds")...); r.code != 0 {
+		t.Fatalf("after release: exit %d: %v", r.code, r.err)
+	}
+}
+
+// A run interrupted mid-rollout, started again, waits for the rollout it had
+// started instead of starting another.
+func TestAPIInterruptedRunConverges(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+	ctx, cancel := context.WithCancel(cl.ctx)
+	go func() {
+		// Interrupt once the new ReplicaSet exists: mid-rollout.
+		_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+			return cl.replicaSets() >= 2, nil
+		})
+		time.Sleep(500 * time.Millisecond)
+		cancel()
+	}()
+	r := cl.jobAs(ctx, cl.c, injectArgs("app=web", "db-creds")...)
+	if r.code == 0 || !strings.Contains(errString(r.err), "rerun to converge") {
+		t.Fatalf("interrupted run: exit %d (%v); want a failure saying to rerun", r.code, r.err)
+	}
+	rs := cl.replicaSets()
+	healthy := func(*corev1.Pod) bool { return false }
+	cl.broken.Store(&healthy)
+	r = cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 0 || !strings.Contains(r.out, "waited for its unfinished rollout") {
+		t.Fatalf("rerun: exit %d (%v); report:\n%s", r.code, r.err, r.out)
+	}
+	if cl.replicaSets() != rs {
+		t.Errorf("rerun created a ReplicaSet (%d -> %d); want it to finish the first rollout", rs, cl.replicaSets())
+	}
+	d := cl.waitDeployment("web")
+	if !strings.HasPrefix(d.Spec.Template.Spec.Volumes[0].Name, "k8secrets-") {
+		t.Errorf("deployment not injected after the rerun")
+	}
+}
+
+// --dry-run prints the server's view of each change as a diff and changes
+// nothing; -o json is machine-readable.
+func TestAPIDryRunDiffAndJSON(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds", "--dry-run", "-o", "json")...)
+	if r.code != 0 {
+		t.Fatalf("dry-run: exit %d: %v", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("dry-run changed objects:\nbefore %s\nafter  %s", before, after)
+	}
+	var rep record.Report
+	if err := json.Unmarshal([]byte(r.out), &rep); err != nil {
+		t.Fatalf("-o json output is not JSON: %v\n%s", err, r.out)
+	}
+	if len(rep.Workloads) != 1 || rep.Workloads[0].Result != record.WouldChange || rep.ExitCode != 0 {
+		t.Fatalf("report = %+v", rep)
+	}
+	diff := rep.Workloads[0].Diff
+	for _, want := range []string{"+  - name: k8secrets-db-creds", "+      secretName: db-creds", "+    restartPolicy: Always", "+  shareProcessNamespace: true"} {
+		if !strings.Contains(diff, want) {
+			t.Errorf("diff lacks %q:\n%s", want, diff)
+		}
+	}
 }
