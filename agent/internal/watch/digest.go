@@ -27,6 +27,10 @@ type Snapshot struct {
 	Present bool
 	// Kubelet is true for a kubelet volume (it has "..data").
 	Kubelet bool
+	// Linked is false while a kubelet volume lacks the user-visible link
+	// of one of its names: the kubelet creates them just after the swap,
+	// and an app told to reload before would not find a new key.
+	Linked bool
 	// Digest is a SHA-256 over the sorted file names and their contents.
 	Digest string
 	// Files maps each file's path, relative to the directory, to its content.
@@ -69,7 +73,17 @@ func read(dir string) (Snapshot, error) {
 	if err := readTree(root, "", 0, files); err != nil {
 		return Snapshot{}, err
 	}
-	return Snapshot{Present: true, Kubelet: kubelet, Digest: Digest(files), Files: files}, nil
+	linked := true
+	if kubelet {
+		for name := range files {
+			top, _, _ := strings.Cut(name, "/")
+			if _, err := os.Lstat(filepath.Join(dir, top)); err != nil {
+				linked = false
+				break
+			}
+		}
+	}
+	return Snapshot{Present: true, Kubelet: kubelet, Linked: linked, Digest: Digest(files), Files: files}, nil
 }
 
 func readTree(root, rel string, depth int, files map[string][]byte) error {

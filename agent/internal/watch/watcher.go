@@ -56,6 +56,7 @@ type dirState struct {
 	present bool
 	seen    bool   // read at least once while present
 	kubelet bool   // a kubelet volume: had "..data" when last read
+	filled  bool   // had files when last read
 	digest  string // last content digest; kept while the directory is absent
 	invalid error  // validation result of the current content
 	ino     uint64 // inode of the watched directory, to notice replacement
@@ -229,9 +230,8 @@ func (w *Watcher) handle(ev fsnotify.Event, todo map[*dirState]string) {
 	}
 }
 
-// scan reads d and reports a change of content. An absent directory never
-// reports a change: its last digest is kept, so that a directory that comes
-// back with the same content causes no reload.
+// scan reads d and reports a change of content. An absent or empty
+// directory never reports a change.
 func (w *Watcher) scan(d *dirState, reason string) {
 	snap, err := Read(d.path)
 	if err != nil {
@@ -240,21 +240,26 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		return
 	}
 	w.mu.Lock()
-	if d.kubelet && snap.Present && !snap.Kubelet {
-		// "..data" is gone but the directory is not: it is being torn
-		// down, not updated. Wait for what comes next.
-		snap = Snapshot{}
-	}
-	wasPresent := d.present
 	d.present = snap.Present
-	if snap.Present {
-		d.kubelet = snap.Kubelet
-	}
-	if !snap.Present {
+	// A directory that is missing, empty, or a kubelet volume without
+	// "..data" (being set up or torn down) holds nothing to reload into:
+	// wait for content. The last digest is kept, so that content that
+	// comes back unchanged causes no reload.
+	if !snap.Present || len(snap.Files) == 0 || (d.kubelet && !snap.Kubelet) {
+		had := d.filled
+		d.filled = false
 		w.mu.Unlock()
-		if wasPresent {
-			w.log.Warn("watched directory removed; waiting for it to come back", "path", d.path)
+		if had {
+			w.log.Warn("watched directory removed or emptied; waiting for content", "path", d.path)
 		}
+		return
+	}
+	d.filled = true
+	d.kubelet = snap.Kubelet
+	if !snap.Linked {
+		// The kubelet is about to link the new names; their creation
+		// brings another event.
+		w.mu.Unlock()
 		return
 	}
 	first := !d.seen && reason == "start"
@@ -289,6 +294,18 @@ func (w *Watcher) scan(d *dirState, reason string) {
 // existing ancestor of every absent one, re-adds watches whose directory was
 // replaced, and drops watches no longer needed.
 func (w *Watcher) reconcile() {
+	// A directory created between the stat and the watch on its parent
+	// sends no event: repeat until what exists matches what is watched.
+	for range 8 {
+		if !w.reconcileOnce() {
+			return
+		}
+	}
+}
+
+// reconcileOnce updates the watches and reports whether it changed any.
+func (w *Watcher) reconcileOnce() bool {
+	changed := false
 	want := map[string]uint64{}
 	for _, d := range w.dirs {
 		p := d.path
@@ -308,6 +325,7 @@ func (w *Watcher) reconcile() {
 		if have, ok := w.watches[p]; ok && have == ino {
 			continue
 		}
+		changed = true
 		_ = w.fs.Remove(p) // the kernel may have dropped it already
 		if err := w.fs.Add(p); err != nil {
 			w.opts.Metrics.WatchError()
@@ -319,10 +337,12 @@ func (w *Watcher) reconcile() {
 	}
 	for p := range w.watches {
 		if _, ok := want[p]; !ok {
+			changed = true
 			_ = w.fs.Remove(p)
 			delete(w.watches, p)
 		}
 	}
+	return changed
 }
 
 func inode(p string) (uint64, bool) {

@@ -109,6 +109,10 @@ func TestDirectoryMissingAtStart(t *testing.T) {
 	if !w.Ready() {
 		t.Fatal("not ready with a missing directory")
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, changes) // empty: nothing to reload into
 	newVolume(t, dir, map[string]string{"password": "one"})
 	expectChange(t, changes, dir)
 	vol := &kubelettest.Writer{Dir: dir}
