@@ -25,6 +25,7 @@ import (
 
 	"github.com/k8secrets/k8secrets/job/internal/config"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
+	"github.com/k8secrets/k8secrets/job/internal/record"
 )
 
 const secretValue = "s3cr3t-value-never-logged"
@@ -83,9 +84,8 @@ func runJobWith(t *testing.T, args []string, stuck bool, hook func(*fake.Clients
 	cfg, err := config.Parse(args, func(string) (string, bool) { return "", false }, io.Discard)
 	var out bytes.Buffer
 	if err == nil {
-		var rep interface{ Write(io.Writer, string) error }
-		r, rerr := run(ctx, cfg, client, "shop", log)
-		rep, err = r, rerr
+		var rep record.Report
+		rep, err = run(ctx, cfg, client, "shop", log)
 		if werr := rep.Write(&out, cfg.Output); werr != nil {
 			t.Fatal(werr)
 		}
@@ -322,4 +322,28 @@ func newFake(objs ...runtime.Object) *fake.Clientset {
 		return true, d, nil
 	})
 	return client
+}
+
+func TestRollbackFailsExit6(t *testing.T) {
+	d, rs, p := webDeployment("web")
+	applies := 0
+	r := runJobWith(t, inject("--timeout", "1s"), true, func(c *fake.Clientset) {
+		c.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			if isDryRun(a.(k8stesting.PatchActionImpl)) {
+				return false, nil, nil
+			}
+			if applies++; applies > 1 { // the apply goes through, the rollback does not
+				return true, nil, apierrors.NewServiceUnavailable("etcd is down")
+			}
+			return false, nil, nil
+		})
+	}, secretObj("db-creds", corev1.SecretTypeOpaque), d, rs, p)
+	if r.code != 6 {
+		t.Fatalf("exit %d (%v); want 6", r.code, r.err)
+	}
+	for _, want := range []string{"Deployment shop/web", "kubectl rollout undo deployment/web -n shop"} {
+		if !strings.Contains(errString(r.err), want) {
+			t.Errorf("error %q does not name %q", r.err, want)
+		}
+	}
 }
