@@ -7,7 +7,6 @@ package metrics
 import (
 	"fmt"
 	"io"
-	"strconv"
 	"time"
 
 	vm "github.com/VictoriaMetrics/metrics"
@@ -108,33 +107,4 @@ func (m *Agent) WritePrometheus(w io.Writer) {
 	}
 	m.set.WritePrometheus(w)
 	vm.WriteProcessMetrics(w)
-}
-
-// Value returns the value of a counter or gauge by its full name, for tests.
-func (m *Agent) Value(name string) float64 {
-	var b writerBuf
-	m.set.WritePrometheus(&b)
-	for _, line := range b.lines() {
-		if len(line) > len(name) && line[:len(name)] == name && line[len(name)] == ' ' {
-			v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
-			return v
-		}
-	}
-	return 0
-}
-
-type writerBuf struct{ b []byte }
-
-func (w *writerBuf) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
-
-func (w *writerBuf) lines() []string {
-	var out []string
-	start := 0
-	for i, c := range w.b {
-		if c == '\n' {
-			out = append(out, string(w.b[start:i]))
-			start = i + 1
-		}
-	}
-	return out
 }

@@ -189,6 +189,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("inotify error channel closed")
 			}
+			if errors.Is(err, syscall.EINVAL) {
+				// fsnotify removing, after a move, a watch the kernel or
+				// reconcile already dropped: nothing is lost.
+				w.log.Debug("stale inotify watch", "err", err)
+				continue
+			}
 			w.opts.Metrics.WatchError()
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
 				w.log.Warn("inotify queue overflowed; rescanning", "err", err)
