@@ -77,14 +77,22 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	select {
 	case <-ctx.Done():
 	case err := <-watchErr:
-		if err != nil {
-			runErr = fmt.Errorf("watcher stopped: %w", err)
-		}
+		watchErr = nil
+		runErr = fmt.Errorf("watcher stopped: %w", err)
 	case err := <-srvErr:
+		srvErr = nil
 		runErr = fmt.Errorf("serve %s: %w", cfg.Listen, err)
 	}
+	// Everything stops with ctx, promptly: SIGTERM must end the agent
+	// within a second.
 	cancel()
 	<-runnerDone
+	if watchErr != nil {
+		<-watchErr
+	}
+	if srvErr != nil {
+		<-srvErr
+	}
 	if runErr == nil {
 		logger.Info("k8secrets-agent stopped")
 	}

@@ -45,7 +45,18 @@ type Checks struct {
 func Serve(ctx context.Context, ln net.Listener, c Checks) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	// On stop, cut the connections in flight too: the agent must exit
+	// within a second of SIGTERM, whatever a slow client does.
+	var mu sync.Mutex
+	active := map[net.Conn]struct{}{}
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for conn := range active {
+			_ = conn.SetDeadline(time.Unix(1, 0))
+		}
+	})
 	defer stop()
 	sem := make(chan struct{}, maxConns)
 	for {
@@ -67,20 +78,44 @@ func Serve(ctx context.Context, ln net.Listener, c Checks) error {
 			conn.Close() // busy: the client retries
 			continue
 		}
+		mu.Lock()
+		active[conn] = struct{}{}
+		if ctx.Err() != nil {
+			_ = conn.SetDeadline(time.Unix(1, 0))
+		}
+		mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			serveConn(conn, c)
+			deadline := func(read bool, d time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				t := time.Now().Add(d)
+				if ctx.Err() != nil {
+					t = time.Unix(1, 0)
+				}
+				if read {
+					_ = conn.SetReadDeadline(t)
+				} else {
+					_ = conn.SetWriteDeadline(t)
+				}
+			}
+			serveConn(conn, c, deadline)
+			mu.Lock()
+			delete(active, conn)
+			mu.Unlock()
 		}()
 	}
 }
 
-func serveConn(conn net.Conn, c Checks) {
+// serveConn answers one request; deadline sets the read or write deadline
+// (to the past once the server stops).
+func serveConn(conn net.Conn, c Checks, deadline func(read bool, d time.Duration)) {
 	defer conn.Close()
-	_ = conn.SetReadDeadline(time.Now().Add(readTimeout))
+	deadline(true, readTimeout)
 	method, path, err := readRequest(bufio.NewReaderSize(io.LimitReader(conn, maxHeaderBytes), 1024))
-	_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	deadline(false, writeTimeout)
 	if err != nil {
 		respond(conn, "", 400, "text/plain", []byte("bad request\n"))
 		return

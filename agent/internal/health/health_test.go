@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestServe(t *testing.T) {
@@ -76,8 +77,19 @@ func TestServe(t *testing.T) {
 		t.Errorf("malformed request answered %q; want 400", b)
 	}
 
+	// A client that never sends its request does not delay the stop.
+	idle, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve() = %v; want nil after cancel", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("Serve() took %v to stop with an idle client; want at once", d)
 	}
 }
