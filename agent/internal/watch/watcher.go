@@ -255,8 +255,11 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		had := d.filled
 		d.filled = false
 		w.mu.Unlock()
-		if had {
+		switch {
+		case had:
 			w.log.Warn("watched directory removed or emptied; waiting for content", "path", d.path)
+		case reason == "start":
+			w.log.Info("watched directory missing or empty; waiting for content", "path", d.path)
 		}
 		return
 	}
