@@ -14,7 +14,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -644,6 +646,102 @@ func TestAPIDryRunDiffAndJSON(t *testing.T) {
 	for _, want := range []string{"+  - name: k8secrets-db-creds", "+      secretName: db-creds", "+    restartPolicy: Always", "+  shareProcessNamespace: true"} {
 		if !strings.Contains(diff, want) {
 			t.Errorf("diff lacks %q:\n%s", want, diff)
+		}
+	}
+}
+
+// refresh annotates every pod that mounts the Secret; where the agent
+// restarts the app it goes one pod at a time, each restarted and Ready before
+// the next. It runs under manifests/base/refresh-role.yaml alone.
+func TestAPIRefresh(t *testing.T) {
+	cl := newCluster(t, never)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 3)
+	if r := cl.job(injectArgs("app=web", "db-creds", "--reload", "restart")...); r.code != 0 {
+		t.Fatalf("inject: exit %d: %v", r.code, r.err)
+	}
+	cl.waitDeployment("web")
+	cl.deployment("other", "other", 1) // mounts nothing: must not be touched
+
+	// Stand-in agent: 300ms after a pod is poked, its app restarts.
+	restartedAt := map[string]time.Time{}
+	var mu sync.Mutex
+	go func() {
+		for cl.ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			l, err := cl.c.CoreV1().Pods(cl.ns).List(cl.ctx, metav1.ListOptions{LabelSelector: "app=web"})
+			if err != nil {
+				continue
+			}
+			for i := range l.Items {
+				p := &l.Items[i]
+				at, err := time.Parse(time.RFC3339Nano, p.Annotations["k8secrets.io/refreshed-at"])
+				mu.Lock()
+				_, done := restartedAt[p.Name]
+				mu.Unlock()
+				if err != nil || done || time.Since(at) < 300*time.Millisecond {
+					continue
+				}
+				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", RestartCount: 1, Ready: true}}
+				if _, err := cl.c.CoreV1().Pods(cl.ns).UpdateStatus(cl.ctx, p, metav1.UpdateOptions{}); err == nil {
+					mu.Lock()
+					restartedAt[p.Name] = time.Now()
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+
+	raw, err := os.ReadFile("../manifests/base/refresh-role.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.Role
+	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.c.RbacV1().Roles(cl.ns).Create(cl.ctx, &role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.c.RbacV1().RoleBindings(cl.ns).Create(cl.ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "refresh"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "ci-pipeline"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	asCI, err := kubernetes.NewForConfig(env.As("ci-pipeline"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := asCI.CoreV1().Pods(cl.ns).List(ctx, metav1.ListOptions{})
+		return err == nil, nil
+	})
+
+	r := cl.jobAs(cl.ctx, asCI, "refresh", "--secret", "db-creds", "--settle", "20s")
+	if r.code != 0 {
+		t.Fatalf("refresh: exit %d: %v\n%s", r.code, r.err, r.logs)
+	}
+	if n := strings.Count(r.out, "refreshed, restarted"); n != 3 {
+		t.Errorf("report lists %d restarted pods; want 3:\n%s", n, r.out)
+	}
+	pods := cl.pods("web")
+	sort.Slice(pods, func(i, j int) bool {
+		return pods[i].Annotations["k8secrets.io/refreshed-at"] < pods[j].Annotations["k8secrets.io/refreshed-at"]
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(pods); i++ {
+		poked, _ := time.Parse(time.RFC3339Nano, pods[i].Annotations["k8secrets.io/refreshed-at"])
+		if prev := restartedAt[pods[i-1].Name]; prev.IsZero() || poked.Before(prev) {
+			t.Errorf("pod %s was poked at %s, before pod %s had restarted (%s)", pods[i].Name, poked, pods[i-1].Name, prev)
+		}
+	}
+	for _, p := range cl.pods("other") {
+		if _, ok := p.Annotations["k8secrets.io/refreshed-at"]; ok {
+			t.Errorf("pod %s, which does not mount the Secret, was annotated", p.Name)
 		}
 	}
 }

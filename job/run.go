@@ -23,6 +23,7 @@ import (
 	"github.com/k8secrets/k8secrets/job/internal/lock"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 	"github.com/k8secrets/k8secrets/job/internal/record"
+	"github.com/k8secrets/k8secrets/job/internal/refresh"
 	"github.com/k8secrets/k8secrets/job/internal/rollout"
 	"github.com/k8secrets/k8secrets/job/internal/secret"
 	"github.com/k8secrets/k8secrets/job/internal/workload"
@@ -75,6 +76,8 @@ func run(ctx context.Context, cfg config.Config, client kubernetes.Interface, ns
 		err = j.change(ctx)
 	case config.Status:
 		err = j.status(ctx)
+	case config.Refresh:
+		err = j.refresh(ctx)
 	default:
 		err = fmt.Errorf("%w: unknown command %q", config.ErrInvalid, cfg.Command)
 	}
@@ -349,6 +352,26 @@ func (j *job) status(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// refresh pokes the pods that mount the Secret so their kubelets rewrite
+// its volume now.
+func (j *job) refresh(ctx context.Context) error {
+	res, err := refresh.Pods(ctx, j.client, refresh.Options{
+		Namespace: j.cfg.Namespace, Secret: j.cfg.Secret,
+		AgentName: plan.AgentName(plan.ID(j.cfg.Secret)), Settle: j.cfg.Settle,
+	}, j.log)
+	for _, r := range res {
+		e := record.Entry{Kind: "Pod", Namespace: j.cfg.Namespace, Name: r.Pod, Result: "refreshed", Detail: r.Detail, Secret: j.cfg.Secret}
+		if r.Restarted {
+			e.Result = "refreshed, restarted"
+		}
+		j.report.Workloads = append(j.report.Workloads, e)
+	}
+	if err == nil && len(res) == 0 {
+		j.report.Warnings = append(j.report.Warnings, fmt.Sprintf("no running pod in %s mounts secret %s", j.cfg.Namespace, j.cfg.Secret))
+	}
+	return hint(err)
 }
 
 // hint adds the fix to an RBAC refusal.

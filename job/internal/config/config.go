@@ -33,6 +33,7 @@ const (
 	Inject  = "inject"
 	Remove  = "remove"
 	Status  = "status"
+	Refresh = "refresh"
 	Version = "version"
 )
 
@@ -54,8 +55,10 @@ type Config struct {
 	AgentImage string
 	Reload     string
 
-	DryRun    bool
-	Timeout   time.Duration
+	DryRun  bool
+	Timeout time.Duration
+	// Settle bounds refresh's wait for each restarting pod.
+	Settle    time.Duration
 	Output    string
 	LogFormat string
 }
@@ -165,6 +168,10 @@ Command-line flags win over the environment, which wins over the file.
 	mk(Status, "List the workloads this tool injected, with Secret, hash and rollout state", func(fs *pflag.FlagSet) {
 		selection(fs, false)
 	})
+	mk(Refresh, "Make the kubelets rewrite the Secret's volume in every pod that mounts it, now (run it right after updating the Secret)", func(fs *pflag.FlagSet) {
+		fs.String("secret", "", "name of the Secret (required)")
+		fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
+	})
 	v := mk(Version, "Print the version", nil)
 	v.RunE = func(c *cobra.Command, _ []string) error {
 		cfg = Config{Command: Version}
@@ -183,7 +190,7 @@ Command-line flags win over the environment, which wins over the file.
 				return Config{}, ErrHelp
 			}
 		}
-		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status or version", ErrInvalid)
+		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status, refresh or version", ErrInvalid)
 	}
 	return cfg, nil
 }
@@ -253,6 +260,7 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		Reload:     v.GetString("reload"),
 		DryRun:     v.GetBool("dry-run"),
 		Timeout:    v.GetDuration("timeout"),
+		Settle:     v.GetDuration("settle"),
 		Output:     v.GetString("output"),
 		LogFormat:  v.GetString("log-format"),
 	}
@@ -285,7 +293,7 @@ func (c Config) Validate() error {
 			bad("--selector %q: %v", c.Selector, err)
 		}
 	}
-	if needsTarget && c.Secret == "" {
+	if (needsTarget || c.Command == Refresh) && c.Secret == "" {
 		bad("--secret is required")
 	}
 	if c.Secret != "" {
@@ -323,6 +331,9 @@ func (c Config) Validate() error {
 				bad("--reload %q: %v", c.Reload, err)
 			}
 		}
+	}
+	if c.Command == Refresh && c.Settle <= 0 {
+		bad("--settle %s: must be positive", c.Settle)
 	}
 	if c.Timeout <= 0 {
 		bad("--timeout %s: must be positive", c.Timeout)
