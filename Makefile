@@ -30,6 +30,12 @@ build: ## Build static binaries of the Job and the agent into bin/.
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-job ./job
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
 
+.PHONY: images
+images: build ci-deps ## Build the FROM-scratch images k8secrets-job and k8secrets-agent, tagged $(VERSION).
+	docker build -q -f Dockerfile.agent --build-arg VERSION=$(VERSION) -t k8secrets-agent:$(VERSION) .
+	docker build -q -f Dockerfile.job --build-arg VERSION=$(VERSION) -t k8secrets-job:$(VERSION) .
+	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^k8secrets-(agent|job):$(VERSION) '
+
 .PHONY: lint
 lint: ## go vet and gofmt.
 	$(GO) vet ./...

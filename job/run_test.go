@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -345,5 +346,17 @@ func TestRollbackFailsExit6(t *testing.T) {
 		if !strings.Contains(errString(r.err), want) {
 			t.Errorf("error %q does not name %q", r.err, want)
 		}
+	}
+}
+
+func TestAPIErrorExit1(t *testing.T) {
+	d, rs, p := webDeployment("web")
+	r := runJobWith(t, inject(), false, func(c *fake.Clientset) {
+		c.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewInternalError(errors.New("etcdserver: request timed out"))
+		})
+	}, secretObj("db-creds", corev1.SecretTypeOpaque), d, rs, p)
+	if r.code != 1 || !strings.Contains(errString(r.err), `list pods in shop matching "app=web"`) {
+		t.Fatalf("exit %d (%v); want 1 naming what failed", r.code, r.err)
 	}
 }
