@@ -116,12 +116,21 @@ func (a *testApp) waitCount(t *testing.T, want int) {
 	}
 }
 
-// sharedDir is a temporary directory other users may enter.
+// sharedDir is a temporary directory other users may enter; the test is
+// skipped if an ancestor of the temporary directory is closed to them.
 func sharedDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		_ = os.Chmod(d, 0o755)
+	}
+	for d := os.TempDir(); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm()&0o001 == 0 {
+			t.Skipf("%s is closed to other users; set TMPDIR", d)
+		}
+		if d == "/" {
+			break
+		}
 	}
 	return dir
 }

@@ -27,6 +27,9 @@ func TestSignalPodContainers(t *testing.T) {
 			t.Skipf("needs %s (util-linux)", tool)
 		}
 	}
+	if out, err := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot create a PID namespace here: %v: %s", err, out)
+	}
 	// pause: PID 1 of a new PID namespace with its own /proc. sleep dies
 	// of a SIGHUP, so it also proves the agent spared it.
 	pause := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "sleep", "60")
