@@ -124,6 +124,13 @@ func Create(ctx context.Context, o Options) error {
 	}
 	o.Logger.Info("creating kind cluster", "name", o.Name, "image", image, "kubeconfig", o.Kubeconfig)
 	start := time.Now()
+	// kind creates the docker network "kind" if missing and never removes
+	// it; remember that we made it so that Delete removes it too.
+	if !dockerNetworkExists(kindNetwork) {
+		if err := os.WriteFile(networkMarker(o), []byte(kindNetwork+"\n"), 0o644); err != nil {
+			return fmt.Errorf("create cluster %s: %w", o.Name, err)
+		}
+	}
 	err = p.Create(o.Name,
 		kind.CreateWithV1Alpha4Config(config(o, image)),
 		kind.CreateWithKubeconfigPath(o.Kubeconfig),
@@ -164,7 +171,39 @@ func Delete(o Options) error {
 	if err := os.Remove(o.Kubeconfig); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete cluster %s: %w", o.Name, err)
 	}
-	return nil
+	return removeNetworkIfOurs(o)
+}
+
+// kindNetwork is the docker network kind puts its nodes on.
+const kindNetwork = "kind"
+
+func networkMarker(o Options) string {
+	return filepath.Join(o.CacheDir, "kind-"+o.Name+".network-created")
+}
+
+func dockerNetworkExists(name string) bool {
+	return exec.Command("docker", "network", "inspect", name).Run() == nil
+}
+
+// removeNetworkIfOurs removes the kind network if Create made it and no
+// container (another kind cluster's) still uses it.
+func removeNetworkIfOurs(o Options) error {
+	marker := networkMarker(o)
+	if _, err := os.Stat(marker); err != nil {
+		return nil
+	}
+	out, err := exec.Command("docker", "network", "inspect", "-f", "{{len .Containers}}", kindNetwork).Output()
+	if err != nil {
+		return os.Remove(marker) // already gone
+	}
+	if strings.TrimSpace(string(out)) != "0" {
+		o.Logger.Info("keeping docker network: other containers use it", "network", kindNetwork)
+		return nil
+	}
+	if out, err := exec.Command("docker", "network", "rm", kindNetwork).CombinedOutput(); err != nil {
+		return fmt.Errorf("remove docker network %s: %w: %s", kindNetwork, err, strings.TrimSpace(string(out)))
+	}
+	return os.Remove(marker)
 }
 
 // WriteKubeconfig writes the cluster's admin kubeconfig to o.Kubeconfig
