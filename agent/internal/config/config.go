@@ -72,9 +72,11 @@ func Default() Config {
 		// Shorter than the pod's default terminationGracePeriodSeconds
 		// (30s) so a hung app is not kept for long, long enough to drain.
 		RestartGrace: 10 * time.Second,
-		// The Job updates every replica's volume within a second; 10s of
-		// jitter keeps them from restarting at the same moment.
-		RestartJitter: 10 * time.Second,
+		// Replicas whose volumes are updated together (a Secret update
+		// reaches every kubelet within its sync period) should not all
+		// restart at the same moment; 5s spreads them by more than a
+		// restart takes and stays well inside the Job's 30s --settle.
+		RestartJitter: 5 * time.Second,
 		// Folds a burst (several Secrets updated together) into at most
 		// two reloads while the first change still reloads at once.
 		MinInterval: time.Second,
@@ -374,8 +376,11 @@ func ParseReload(spec string) (Reload, error) {
 		if sig == 0 {
 			sig = unix.SignalNum("SIG" + strings.ToUpper(arg))
 		}
+		if n, err := strconv.Atoi(arg); err == nil && n > 0 && n < 65 {
+			sig = syscall.Signal(n)
+		}
 		if sig == 0 {
-			return Reload{}, fmt.Errorf("--reload %q: %q is not a signal name (like SIGHUP)", spec, arg)
+			return Reload{}, fmt.Errorf("--reload %q: %q is not a signal name or number (like SIGHUP)", spec, arg)
 		}
 		return Reload{Kind: "signal", Signal: sig}, nil
 	case "http":

@@ -149,6 +149,7 @@ func TestParseReload(t *testing.T) {
 		{"restart", Reload{Kind: "restart"}},
 		{"signal:SIGHUP", Reload{Kind: "signal", Signal: syscall.SIGHUP}},
 		{"signal:usr1", Reload{Kind: "signal", Signal: syscall.SIGUSR1}},
+		{"signal:1", Reload{Kind: "signal", Signal: syscall.SIGHUP}},
 		{"exec:/bin/kill -HUP 1", Reload{Kind: "exec", Args: []string{"/bin/kill", "-HUP", "1"}}},
 		{`exec:/bin/sh -c "echo 'a b'"`, Reload{Kind: "exec", Args: []string{"/bin/sh", "-c", "echo 'a b'"}}},
 	}
