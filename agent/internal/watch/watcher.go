@@ -35,6 +35,10 @@ const (
 	staleAfter = 30 * time.Second
 )
 
+// unlinkedGrace is how long a kubelet volume may lack the link of a name
+// before its content counts anyway; the kubelet links within microseconds.
+const unlinkedGrace = 2 * time.Second
+
 // Options configure a Watcher.
 type Options struct {
 	// Dirs are the directories to watch.
@@ -54,12 +58,14 @@ type Options struct {
 type dirState struct {
 	path    string
 	present bool
-	seen    bool   // read at least once while present
-	kubelet bool   // a kubelet volume: had "..data" when last read
-	filled  bool   // had files when last read
-	digest  string // last content digest; kept while the directory is absent
-	invalid error  // validation result of the current content
-	ino     uint64 // inode of the watched directory, to notice replacement
+	seen    bool // read at least once while present
+	kubelet bool // a kubelet volume: had "..data" when last read
+	filled  bool // had files when last read
+	// unlinked is when a reading first found a name without its link.
+	unlinked time.Time
+	digest   string // last content digest; kept while the directory is absent
+	invalid  error  // validation result of the current content
+	ino      uint64 // inode of the watched directory, to notice replacement
 }
 
 // Watcher watches Options.Dirs. Create it with New and start it with Run.
@@ -267,10 +273,18 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	d.kubelet = snap.Kubelet
 	if !snap.Linked {
 		// The kubelet is about to link the new names; their creation
-		// brings another event.
-		w.mu.Unlock()
-		return
+		// brings another event. A link missing for longer (removed by
+		// hand) must not hold every later change back: the next reading
+		// after unlinkedGrace goes ahead.
+		if d.unlinked.IsZero() {
+			d.unlinked = time.Now()
+		}
+		if time.Since(d.unlinked) < unlinkedGrace {
+			w.mu.Unlock()
+			return
+		}
 	}
+	d.unlinked = time.Time{}
 	first := !d.seen && reason == "start"
 	d.seen = true
 	if snap.Digest == d.digest {
