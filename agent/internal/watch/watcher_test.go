@@ -254,3 +254,33 @@ func TestReadKubeletVolume(t *testing.T) {
 		t.Errorf("Read(missing) = present %v, %v; want absent, nil", missing.Present, err)
 	}
 }
+
+// TestNewKeyWaitsForItsLink swaps in a version with a new key but holds
+// back its user-visible link, which the kubelet creates just after the
+// swap: the change counts only once the app can open the new file.
+func TestNewKeyWaitsForItsLink(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db-creds")
+	newVolume(t, dir, map[string]string{"user": "a"})
+	_, changes := startWatcher(t, Options{Dirs: []string{dir}})
+
+	ts := filepath.Join(dir, "..2026_11_27_12_00_00.123456789")
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"user": "a", "password": "b"} {
+		if err := os.WriteFile(filepath.Join(ts, k), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(filepath.Base(ts), filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, changes)
+	if err := os.Symlink("..data/password", filepath.Join(dir, "password")); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, dir)
+}
