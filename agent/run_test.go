@@ -373,3 +373,99 @@ func TestExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// openDir is a temporary directory every user may use; the test is skipped
+// where an ancestor is closed to other users.
+func openDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		_ = os.Chmod(d, 0o755)
+	}
+	_ = os.Chmod(dir, 0o777)
+	for d := os.TempDir(); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm()&0o001 == 0 {
+			t.Skipf("%s is closed to other users; set TMPDIR", d)
+		}
+		if d == "/" {
+			break
+		}
+	}
+	return dir
+}
+
+// TestEPERM runs the app as nobody (65534) and the agent, as a process, as
+// another unprivileged user: the signal fails with EPERM, the agent says
+// what to do, counts and retries, and stays healthy.
+func TestEPERM(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the app and the agent as two other users")
+	}
+	shared := openDir(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"eperm-app", "agent"} {
+		if err := os.WriteFile(filepath.Join(shared, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(shared, "db-creds")
+	vol := newVolume(t, dir, secretPayload("one"))
+
+	app := &testApp{exe: filepath.Join(shared, "eperm-app"), log: filepath.Join(shared, "app.log"), secret: filepath.Join(dir, secretKey)}
+	appCmd := exec.Command(app.exe)
+	appCmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=app", "APP_LOG="+app.log, "APP_SECRET="+app.secret)
+	appCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := appCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = appCmd.Process.Kill(); _ = appCmd.Wait() })
+	waitFor(t, "the app to start", func() bool { return app.has("start ") })
+
+	cmd := exec.Command(filepath.Join(shared, "agent"), "--watch="+dir, "--reload=signal:SIGHUP", "--process=eperm-app",
+		"--listen=127.0.0.1:0", "--log-format=json", "--min-interval=0")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=agent")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65533, Gid: 65533}}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	a := &agent{logs: out}
+	waitFor(t, "the agent to start", func() bool {
+		_, rest, ok := strings.Cut(out.String(), `"listen":"`)
+		if ok {
+			a.addr, _, _ = strings.Cut(rest, `"`)
+		}
+		return ok && a.get(t, "/readyz") == 200
+	})
+
+	write(t, vol, secretPayload("two"))
+	failures := `k8secrets_agent_reloads_total{action="signal",result="failure"}`
+	waitFor(t, "retried failures", func() bool { return a.metric(t, failures) >= 2 })
+	if !strings.Contains(out.String(), "operation not permitted; run the agent as the app's user (runAsUser) or give it CAP_KILL") {
+		t.Errorf("the agent's logs do not say what to do:\n%s", out)
+	}
+	if code := a.get(t, "/healthz"); code != 200 {
+		t.Errorf("/healthz = %d while retrying; want 200", code)
+	}
+	if got := app.events("hup"); len(got) != 0 {
+		t.Errorf("app got %q; want nothing", got)
+	}
+	if strings.Contains(out.String(), "s3cr3t") {
+		t.Error("the agent's logs contain a Secret value")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := cmd.Process.Wait(); err != nil || !st.Success() {
+		t.Errorf("agent exited %v, %v after SIGTERM; want 0", st, err)
+	}
+}
