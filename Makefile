@@ -26,15 +26,15 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: build
-build: ## Build static binaries of the Job and the agent into bin/.
+build: ## Build static binaries of the Job, the agent and the demo app into bin/.
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-job ./job
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-demo ./demo
 
 .PHONY: images
-images: build ci-deps ## Build the FROM-scratch images k8secrets-job and k8secrets-agent, tagged $(VERSION).
-	docker build -q -f Dockerfile.agent --build-arg VERSION=$(VERSION) -t k8secrets-agent:$(VERSION) .
-	docker build -q -f Dockerfile.job --build-arg VERSION=$(VERSION) -t k8secrets-job:$(VERSION) .
-	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^k8secrets-(agent|job):$(VERSION) '
+images: build ci-deps ## Build the FROM-scratch images k8secrets-job, k8secrets-agent and k8secrets-demo, tagged $(VERSION).
+	@for i in agent job demo; do docker build -q -f Dockerfile.$$i --build-arg VERSION=$(VERSION) -t k8secrets-$$i:$(VERSION) . >/dev/null || exit 1; done
+	@docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^k8secrets-(agent|job|demo):$(VERSION) '
 
 .PHONY: lint
 lint: ## go vet and gofmt.
@@ -49,8 +49,8 @@ unit: test-assets ## Unit tests and real-API-server tests, with the race detecto
 test: lint unit ## Everything CI runs: lint, unit and API-server tests.
 
 .PHONY: test-assets
-test-assets: ## Build etcd, kube-apiserver and kube-controller-manager for the API-server tests (cached by version).
-	hack/kube-binaries.sh etcd kube-apiserver kube-controller-manager
+test-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl for the API-server tests (cached by version).
+	hack/kube-binaries.sh etcd kube-apiserver kube-controller-manager kubectl
 
 .PHONY: clean
 clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
@@ -71,7 +71,7 @@ KIND_CLUSTER_NAME ?= k8secrets
 KIND_KUBECONFIG   ?= $(CACHE_DIR)/kind-$(KIND_CLUSTER_NAME).kubeconfig
 NODE_IMAGE        ?= k8secrets/node:$(K8S_VERSION)
 # Images load-images loads; by default the project's, where built.
-IMAGES            ?= $(foreach i,k8secrets-job k8secrets-agent,$(shell docker image inspect $(i):$(VERSION) >/dev/null 2>&1 && echo $(i):$(VERSION)))
+IMAGES            ?= $(foreach i,k8secrets-job k8secrets-agent k8secrets-demo,$(shell docker image inspect $(i):$(VERSION) >/dev/null 2>&1 && echo $(i):$(VERSION)))
 CLUSTER_TOOL      := $(BIN)/e2e-cluster
 export KIND_CLUSTER_NAME KIND_KUBECONFIG
 

@@ -652,7 +652,7 @@ func TestAPIDryRunDiffAndJSON(t *testing.T) {
 
 // refresh annotates every pod that mounts the Secret; where the agent
 // restarts the app it goes one pod at a time, each restarted and Ready before
-// the next. It runs under manifests/base/refresh-role.yaml alone.
+// the next. It runs under manifests/refresh/role.yaml alone.
 func TestAPIRefresh(t *testing.T) {
 	cl := newCluster(t, never)
 	env := apitest.Shared(t)
@@ -684,16 +684,17 @@ func TestAPIRefresh(t *testing.T) {
 					continue
 				}
 				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", RestartCount: 1, Ready: true}}
+				restarted := time.Now() // before the update: the Job may see it at once
 				if _, err := cl.c.CoreV1().Pods(cl.ns).UpdateStatus(cl.ctx, p, metav1.UpdateOptions{}); err == nil {
 					mu.Lock()
-					restartedAt[p.Name] = time.Now()
+					restartedAt[p.Name] = restarted
 					mu.Unlock()
 				}
 			}
 		}
 	}()
 
-	raw, err := os.ReadFile("../manifests/base/refresh-role.yaml")
+	raw, err := os.ReadFile("../manifests/refresh/role.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
