@@ -14,7 +14,8 @@ import (
 )
 
 // TestAppImage is the image BuildTestApp builds: e2e/testapp FROM scratch,
-// running as 65532, with /bin/cat for ReadFile.
+// running as 65532, with /bin/cat for ReadFile and /bin/apicheck, which
+// calls the API server through the kubernetes Service and cluster DNS.
 const TestAppImage = "k8secrets-e2e-testapp:dev"
 
 // ErrNotKind means the cluster did not come from e2e/cluster, so images
@@ -33,7 +34,7 @@ func (c *Cluster) LoadImages(ctx context.Context, images ...string) error {
 // BuildTestApp builds TestAppImage from e2e/testapp (a static binary, no
 // network needed) and loads it into the cluster.
 func (c *Cluster) BuildTestApp(ctx context.Context) error {
-	if err := BuildGoImage(ctx, TestAppImage, "./testapp", "cat"); err != nil {
+	if err := BuildGoImage(ctx, TestAppImage, "./testapp", "cat", "apicheck"); err != nil {
 		return err
 	}
 	return c.LoadImages(ctx, TestAppImage)

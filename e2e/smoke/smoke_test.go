@@ -2,7 +2,9 @@
 
 // Package smoke proves the e2e framework on the cluster: a FROM scratch
 // image built here runs in a Deployment that mounts a Secret, becomes
-// available, and the pod sees the Secret's file.
+// available, the pod sees the Secret's file, and it reaches the API server
+// through the kubernetes Service by its cluster DNS name (kube-proxy and
+// CoreDNS work).
 package smoke
 
 import (
@@ -11,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +89,13 @@ func TestDeploymentSeesMountedSecret(t *testing.T) {
 	// The value is random test data, but compare without printing it.
 	if !bytes.Equal(got, want) {
 		t.Errorf("/etc/app/password in pod %s/%s: %d bytes differ from the Secret's %d bytes", ns, pods[0].Name, len(got), len(want))
+	}
+
+	out, _, err := c.Exec(ctx, ns, pods[0].Name, "app", "apicheck")
+	if err != nil {
+		t.Fatalf("API server through the kubernetes Service from pod %s/%s: %v", ns, pods[0].Name, err)
+	}
+	if !strings.HasPrefix(string(out), "ok v") {
+		t.Errorf("apicheck in pod %s/%s printed %q; want \"ok v...\"", ns, pods[0].Name, out)
 	}
 }
