@@ -116,6 +116,15 @@ func (r *Runner) reload(ctx context.Context) {
 			}
 		}
 		if err == nil {
+			if r.restarts() {
+				// The app's processes have ended; the kubelet starts them
+				// again, and they will read the files as they are then.
+				// Changes seen up to now are theirs: no second restart.
+				select {
+				case <-r.notify:
+				default:
+				}
+			}
 			r.opts.Metrics.ReloadSucceeded(time.Now())
 			if failed {
 				r.log.Info("reloaded after retries")
@@ -148,6 +157,16 @@ func (r *Runner) reload(ctx context.Context) {
 		}
 		delay = min(2*delay, r.opts.BackoffMax)
 	}
+}
+
+// restarts tells whether a reload ends the app's processes.
+func (r *Runner) restarts() bool {
+	for _, a := range r.opts.Actions {
+		if a.Kind() == "restart" {
+			return true
+		}
+	}
+	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -10,14 +10,24 @@ import (
 
 // recorder is an Action that records when it ran and fails as told.
 type recorder struct {
-	mu    sync.Mutex
-	times []time.Time
-	fail  int // fail this many calls first
+	mu     sync.Mutex
+	times  []time.Time
+	fail   int    // fail this many calls first
+	kind   string // "exec" unless set
+	during func() // called while reloading
 }
 
-func (r *recorder) Kind() string { return "exec" }
+func (r *recorder) Kind() string {
+	if r.kind == "" {
+		return "exec"
+	}
+	return r.kind
+}
 
 func (r *recorder) Reload(context.Context) error {
+	if r.during != nil {
+		r.during()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.times = append(r.times, time.Now())
@@ -123,4 +133,29 @@ func TestRunnerGate(t *testing.T) {
 	mu.Unlock()
 	r.Notify()
 	waitFor(t, "the reload", func() bool { return rec.count() == 1 })
+}
+
+func TestRunnerRestartCoversChangesDuringIt(t *testing.T) {
+	tests := []struct {
+		kind string
+		want int
+	}{
+		{"restart", 1}, // the restarted app reads the files anew
+		{"signal", 2},  // the signalled app may have read them too early
+	}
+	for _, tt := range tests {
+		t.Run(tt.kind, func(t *testing.T) {
+			var r *Runner
+			rec := &recorder{kind: tt.kind}
+			var once sync.Once
+			rec.during = func() { once.Do(r.Notify) } // a change while the first runs
+			r = startRunner(t, RunnerOptions{Actions: []Action{rec}, MinInterval: 50 * time.Millisecond})
+			r.Notify()
+			waitFor(t, "a reload", func() bool { return rec.count() >= 1 })
+			time.Sleep(200 * time.Millisecond)
+			if n := rec.count(); n != tt.want {
+				t.Errorf("%d reloads; want %d", n, tt.want)
+			}
+		})
+	}
 }
