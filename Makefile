@@ -106,3 +106,15 @@ load-images: cluster-tool ## Load IMAGES (default: k8secrets-job and k8secrets-a
 .PHONY: e2e
 e2e: cluster load-images ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
 	cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) $(GO) test -tags e2e -p 1 -count=1 -timeout 30m ./...
+
+##@ Demo
+
+.PHONY: demo
+demo: cluster images kube-binaries ## Bring up the kind cluster, inject a Secret into the demo app, update it, watch the app reload in place.
+	@for i in job agent demo; do docker tag k8secrets-$$i:$(VERSION) k8secrets-$$i:demo; done
+	$(CLUSTER_TOOL) load k8secrets-job:demo k8secrets-agent:demo k8secrets-demo:demo
+	BIN=$(BIN) hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Remove the demo's namespace (the cluster stays: make cluster-down).
+	KUBECONFIG=$(KIND_KUBECONFIG) $(KUBE_BIN)/kubectl delete namespace k8secrets-demo --ignore-not-found
