@@ -104,8 +104,9 @@ load-images: cluster-tool ## Load IMAGES (default: k8secrets-job and k8secrets-a
 	@if [ -z "$(strip $(IMAGES))" ]; then echo "load-images: no image to load (build k8secrets-job/k8secrets-agent:$(VERSION) or set IMAGES=)"; else $(CLUSTER_TOOL) load $(IMAGES); fi
 
 .PHONY: e2e
-e2e: cluster load-images ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
-	cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) $(GO) test -tags e2e -p 1 -count=1 -timeout 30m ./...
+e2e: cluster images load-images kube-binaries ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
+	cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) E2E_IMAGE_TAG=$(VERSION) E2E_BIN=$(BIN) E2E_KUBECTL=$(KUBE_BIN)/kubectl \
+		$(GO) test -tags e2e -p 1 -count=1 -timeout 40m ./...
 
 ##@ Demo
 
