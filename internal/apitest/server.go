@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -60,8 +61,13 @@ func startOnce(bin string, o options) (_ *Env, err error) {
 			return nil, fmt.Errorf("apitest: %s: %w; run `make test-assets`", name, err)
 		}
 	}
-	dir, err := os.MkdirTemp("", "k8secrets-apitest-")
+	sweepStale()
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
+		return nil, fmt.Errorf("apitest: temporary folder: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("apitest: temporary folder: %w", err)
 	}
 	var procs []*proc
@@ -197,6 +203,31 @@ func startOnce(bin string, o options) (_ *Env, err error) {
 		controllers: o.controllerManager,
 		stop:        stop,
 	}, nil
+}
+
+const (
+	dirPrefix = "k8secrets-apitest-"
+	ownerFile = "owner.pid"
+)
+
+// sweepStale removes the folders of servers whose test binary was killed
+// (a test timeout, SIGKILL): the kernel killed the servers with it
+// (Pdeathsig), but nothing removed their etcd data, about 120 MB each.
+func sweepStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue // being created, or not ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
