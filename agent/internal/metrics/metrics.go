@@ -99,12 +99,12 @@ func (m *Agent) WatchedFiles(dir string, n int) {
 	m.set.GetOrCreateGauge(fmt.Sprintf(`%swatched_files{path=%q}`, prefix, dir), nil).Set(float64(n))
 }
 
-// WritePrometheus writes the set, then the Go runtime and process metrics,
-// in the Prometheus text format.
+// WritePrometheus writes the set, then a few process and Go runtime
+// metrics, in the Prometheus text format.
 func (m *Agent) WritePrometheus(w io.Writer) {
 	if m == nil {
 		return
 	}
 	m.set.WritePrometheus(w)
-	vm.WriteProcessMetrics(w)
+	writeProcess(w)
 }

@@ -33,6 +33,8 @@ func TestExposition(t *testing.T) {
 		`k8secrets_agent_resyncs_total 1`,
 		`k8secrets_agent_watched_files{path="/var/run/secrets/k8secrets/db"} 3`,
 		`process_resident_memory_bytes `,
+		`process_cpu_seconds_total `,
+		`go_goroutines `,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("exposition lacks %q", want)
