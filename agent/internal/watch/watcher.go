@@ -271,11 +271,12 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	}
 	d.filled = true
 	d.kubelet = snap.Kubelet
-	if !snap.Linked {
+	if !snap.Linked && reason != "start" {
 		// The kubelet is about to link the new names; their creation
 		// brings another event. A link missing for longer (removed by
 		// hand) must not hold every later change back: the next reading
-		// after unlinkedGrace goes ahead.
+		// after unlinkedGrace goes ahead. (At start-up the content is
+		// the baseline either way.)
 		if d.unlinked.IsZero() {
 			d.unlinked = time.Now()
 		}
