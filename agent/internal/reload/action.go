@@ -109,7 +109,7 @@ func (r *Restart) Reload(ctx context.Context) error {
 			return ctx.Err()
 		case <-tick.C:
 		}
-		pending = slices.DeleteFunc(pending, func(p Process) bool { return !alive(proc, p.PID) })
+		pending = slices.DeleteFunc(pending, func(p Process) bool { return !alive(proc, p) })
 	}
 	for _, p := range pending {
 		if err := kill(p, syscall.SIGKILL); err != nil && !errors.Is(err, ErrNoProcess) {

@@ -40,6 +40,8 @@ type Process struct {
 	PID  int
 	Comm string
 	ppid int
+	// start tells this process from a later one given the same PID.
+	start uint64
 }
 
 func (t Target) String() string {
@@ -75,7 +77,7 @@ func (t Target) Find() ([]Process, error) {
 		if err != nil || st.state == 'Z' {
 			return nil, fmt.Errorf("%w: pid %d from %s is not running", ErrNoProcess, pid, t.PIDFile)
 		}
-		return []Process{{PID: pid, Comm: st.comm}}, nil
+		return []Process{{PID: pid, Comm: st.comm, start: st.start}}, nil
 	}
 
 	self := os.Getpid()
@@ -110,7 +112,7 @@ func (t Target) Find() ([]Process, error) {
 		} else if st.ppid != 0 || pid == 1 {
 			continue
 		}
-		out = append(out, Process{PID: pid, Comm: st.comm, ppid: st.ppid})
+		out = append(out, Process{PID: pid, Comm: st.comm, ppid: st.ppid, start: st.start})
 	}
 	// Of a process tree with one name (nginx's master and workers), only
 	// the top is signalled: it handles reloads for its children.
@@ -133,6 +135,7 @@ type stat struct {
 	state byte
 	ppid  int
 	flags uint64
+	start uint64 // starttime, in clock ticks since boot
 }
 
 // readStat parses /proc/PID/stat: "pid (comm) state ppid pgrp session
@@ -157,7 +160,11 @@ func readStat(proc string, pid int) (stat, error) {
 		return stat{}, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
 	}
 	flags, _ := strconv.ParseUint(fields[6], 10, 64)
-	return stat{comm: s[open+1 : end], state: fields[0][0], ppid: ppid, flags: flags}, nil
+	var start uint64
+	if len(fields) > 19 {
+		start, _ = strconv.ParseUint(fields[19], 10, 64)
+	}
+	return stat{comm: s[open+1 : end], state: fields[0][0], ppid: ppid, flags: flags, start: start}, nil
 }
 
 // exeID identifies an executable by device and inode, so that the agent
@@ -174,8 +181,9 @@ func exeID(path string) string {
 	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(proc string, pid int) bool {
-	st, err := readStat(proc, pid)
-	return err == nil && st.state != 'Z'
+// alive reports whether p still runs: not a zombie, and not a later
+// process that was given its PID.
+func alive(proc string, p Process) bool {
+	st, err := readStat(proc, p.PID)
+	return err == nil && st.state != 'Z' && st.start == p.start
 }
