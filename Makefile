@@ -100,8 +100,8 @@ cluster-down: cluster-tool ## Delete the kind cluster and its kubeconfig file, n
 	$(CLUSTER_TOOL) delete
 
 .PHONY: load-images
-load-images: cluster-tool ## Load IMAGES (default: k8secrets-job and k8secrets-agent :$(VERSION), those built) into the cluster.
-	@if [ -z "$(strip $(IMAGES))" ]; then echo "load-images: no image to load (build k8secrets-job/k8secrets-agent:$(VERSION) or set IMAGES=)"; else $(CLUSTER_TOOL) load $(IMAGES); fi
+load-images: cluster-tool ## Load IMAGES into the cluster (default: those of k8secrets-job, -agent, -demo:$(VERSION) that `make images` built).
+	@if [ -z "$(strip $(IMAGES))" ]; then echo "load-images: no image to load (run make images, or set IMAGES=)"; else $(CLUSTER_TOOL) load $(IMAGES); fi
 
 .PHONY: e2e
 e2e: cluster images load-images kube-binaries ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.

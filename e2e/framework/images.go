@@ -68,12 +68,25 @@ func BuildGoImage(ctx context.Context, tag, pkg string, aliases ...string) error
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		return fmt.Errorf("build image %s: %w", tag, err)
 	}
+	old := imageID(ctx, tag)
 	docker := exec.CommandContext(ctx, "docker", "build", "-q", "-t", tag, dir)
 	docker.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
 	if out, err := docker.CombinedOutput(); err != nil {
 		return fmt.Errorf("build image %s: docker build: %w\n%s", tag, err, strings.TrimSpace(string(out)))
 	}
+	// Each run's build leaves the previous image dangling: remove it.
+	if old != "" && old != imageID(ctx, tag) {
+		_ = exec.CommandContext(ctx, "docker", "image", "rm", old).Run()
+	}
 	return nil
+}
+
+func imageID(ctx context.Context, tag string) string {
+	out, err := exec.CommandContext(ctx, "docker", "image", "inspect", "-f", "{{.Id}}", tag).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func copyFile(from, to string) error {

@@ -8,7 +8,8 @@
 # from the kind module's source, and the control-plane, CoreDNS and pause
 # images built FROM scratch and shipped inside the node, imported into its
 # containerd before the kubelet starts. IMAGE defaults to
-# k8secrets/node:$K8S_VERSION. Skips the build if IMAGE exists, unless FORCE=1.
+# k8secrets/node:$K8S_VERSION. Skips the build if IMAGE was built from the
+# same inputs (versions, this folder), unless FORCE=1.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +20,7 @@ version() { sed -n "s/^$1[[:space:]]*:=[[:space:]]*//p" "$root/hack/versions.mk"
 : "${COREDNS_VERSION:=$(version COREDNS_VERSION)}"
 : "${KIND_VERSION:=$(version KIND_VERSION)}"
 : "${PAUSE_VERSION:=$(version PAUSE_VERSION)}"
+: "${NODE_DEBIAN_SUITE:=$(version NODE_DEBIAN_SUITE)}"
 : "${CACHE_DIR:=$HOME/.cache/k8secrets}"
 : "${KUBE_BIN:=$CACHE_DIR/kubernetes-$K8S_VERSION/bin}"
 export K8S_VERSION ETCD_VERSION COREDNS_VERSION KIND_VERSION PAUSE_VERSION CACHE_DIR KUBE_BIN
@@ -27,24 +29,37 @@ image=${1:-${NODE_IMAGE:-k8secrets/node:$K8S_VERSION}}
 export DOCKER_BUILDKIT=0
 
 log() { printf 'node-image: %s\n' "$*" >&2; }
-# dbuild TAG DIR: docker build, quiet unless it fails.
+# dbuild TAG DIR: docker build, quiet unless it fails; removes the image
+# TAG named before, unless a container still uses it, so that rebuilds do
+# not pile up dangling gigabytes.
 dbuild() {
-	local out
+	local out old
+	old=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
 	if ! out=$(docker build -q -t "$1" "$2" 2>&1); then
 		printf '%s\n' "$out" >&2
 		log "docker build $1 failed"
 		return 1
 	fi
+	if [[ -n $old && $old != "$(docker image inspect -f '{{.Id}}' "$1")" ]]; then
+		docker image rm "$old" >/dev/null 2>&1 || true
+	fi
 }
 start=$SECONDS
 
-if [[ ${FORCE:-} != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
-	log "$image exists (FORCE=1 rebuilds)"
+# The image records a hash of everything it is built from; a change to a
+# version, this script or its files rebuilds it.
+inputs=$( (
+	echo "$K8S_VERSION $ETCD_VERSION $COREDNS_VERSION $KIND_VERSION $PAUSE_VERSION $NODE_DEBIAN_SUITE"
+	cd "$here" && find . -type f | LC_ALL=C sort | xargs sha256sum
+) | sha256sum | cut -c1-16)
+if [[ ${FORCE:-} != 1 ]] &&
+	[[ $(docker image inspect -f '{{index .Config.Labels "k8secrets.inputs"}}' "$image" 2>/dev/null) == "$inputs" ]]; then
+	log "$image is up to date (FORCE=1 rebuilds)"
 	exit 0
 fi
 
 # --- root filesystem, cached by suite and package list -----------------------
-suite=bookworm
+suite=$NODE_DEBIAN_SUITE
 packages=(systemd systemd-sysv dbus iptables iproute2 ca-certificates mount conntrack ethtool socat
 	util-linux kmod procps libseccomp2 containerd runc containernetworking-plugins nftables pigz
 	bash findutils curl udev)
@@ -168,6 +183,7 @@ RUN chmod 755 /kind /kind/bin /kind/bin/* /usr/local/bin/* \\
  && systemctl mask systemd-binfmt.service \\
  && mkdir -p /etc/kubernetes/manifests
 ENV container=docker
+LABEL k8secrets.inputs=$inputs
 STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT ["/usr/local/bin/unprivileged-entrypoint", "/usr/local/bin/entrypoint", "/sbin/init"]
 EOF
