@@ -116,3 +116,72 @@ func (c *Cluster) ReadFile(ctx context.Context, ns, pod, container, path string)
 	}
 	return out, nil
 }
+
+// WaitStatefulSetReady waits, as `kubectl rollout status` does for a
+// RollingUpdate StatefulSet, until the controller has seen the latest spec,
+// every replica is ready and (when an update is in progress) every pod runs
+// the update revision. For OnDelete StatefulSets it waits for readiness
+// only: their pods change revision when something deletes them.
+func (c *Cluster) WaitStatefulSetReady(ctx context.Context, ns, name string, timeout time.Duration) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		s, err := c.Client.AppsV1().StatefulSets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		want := int32(1)
+		if s.Spec.Replicas != nil {
+			want = *s.Spec.Replicas
+		}
+		st := s.Status
+		switch {
+		case st.ObservedGeneration < s.Generation:
+			last = "controller has not seen the latest spec"
+		case st.ReadyReplicas < want:
+			last = fmt.Sprintf("%d of %d replicas ready", st.ReadyReplicas, want)
+		case s.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType:
+			return true, nil
+		case st.UpdatedReplicas < want || st.UpdateRevision != st.CurrentRevision && st.CurrentRevision != "":
+			last = fmt.Sprintf("%d of %d replicas at revision %s", st.UpdatedReplicas, want, st.UpdateRevision)
+		default:
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for statefulset %s/%s: %s: %w", ns, name, last, err)
+	}
+	return nil
+}
+
+// WaitDaemonSetReady waits until the DaemonSet's controller has seen the
+// latest spec and every scheduled pod is updated and available.
+func (c *Cluster) WaitDaemonSetReady(ctx context.Context, ns, name string, timeout time.Duration) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := c.Client.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		st := d.Status
+		switch {
+		case st.ObservedGeneration < d.Generation:
+			last = "controller has not seen the latest spec"
+		case st.DesiredNumberScheduled == 0:
+			last = "no pod scheduled yet"
+		case st.UpdatedNumberScheduled < st.DesiredNumberScheduled:
+			last = fmt.Sprintf("%d of %d pods updated", st.UpdatedNumberScheduled, st.DesiredNumberScheduled)
+		case st.NumberAvailable < st.DesiredNumberScheduled:
+			last = fmt.Sprintf("%d of %d pods available", st.NumberAvailable, st.DesiredNumberScheduled)
+		default:
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for daemonset %s/%s: %s: %w", ns, name, last, err)
+	}
+	return nil
+}

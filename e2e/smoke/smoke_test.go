@@ -99,3 +99,51 @@ func TestDeploymentSeesMountedSecret(t *testing.T) {
 		t.Errorf("apicheck in pod %s/%s printed %q; want \"ok v...\"", ns, pods[0].Name, out)
 	}
 }
+
+func TestStatefulSetAndDaemonSetBecomeReady(t *testing.T) {
+	c := framework.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := c.BuildTestApp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns := c.Namespace(t)
+	labels := map[string]string{"app": "db"}
+	two := int32(2)
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "app", Image: framework.TestAppImage, ImagePullPolicy: corev1.PullNever}},
+		},
+	}
+	_, err := c.Client.AppsV1().StatefulSets(ns).Create(ctx, &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "db"},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: &two,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: template,
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create statefulset %s/db: %v", ns, err)
+	}
+	_, err = c.Client.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-agent"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "node-agent"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "node-agent"}},
+				Spec:       template.Spec,
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create daemonset %s/node-agent: %v", ns, err)
+	}
+	if err := c.WaitStatefulSetReady(ctx, ns, "db", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitDaemonSetReady(ctx, ns, "node-agent", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
