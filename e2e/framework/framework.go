@@ -35,6 +35,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -232,6 +233,16 @@ func (c *Cluster) Namespace(tb testing.TB) string {
 			tb.Logf("delete namespace %s: %v", name, err)
 		}
 	})
+	// Pods are admitted only once the service account controller has made
+	// the namespace's default ServiceAccount; a test that creates a Pod
+	// straight away would otherwise race it.
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := c.Client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		tb.Fatalf("wait for serviceaccount %s/default: %v", name, err)
+	}
 	return name
 }
 

@@ -64,8 +64,7 @@ type Env struct {
 	// run by the tests (the Job's binary, kubectl).
 	Kubeconfig string
 
-	controllers bool
-	stop        func()
+	stop func()
 }
 
 // Option changes what Start runs.
@@ -190,9 +189,9 @@ func (e *Env) As(user string, groups ...string) *rest.Config {
 var notDNS = regexp.MustCompile(`[^a-z0-9-]+`)
 
 // Namespace creates a namespace for one test, named after tb.Name() with a
-// random suffix, and deletes it in tb.Cleanup. Without the controller manager
-// it also creates the "default" ServiceAccount, which the ServiceAccount
-// admission plugin needs before it admits pods.
+// random suffix, and deletes it in tb.Cleanup. It also creates the "default"
+// ServiceAccount, which the ServiceAccount admission plugin needs before it
+// admits pods (without the controller manager nothing else makes it).
 func (e *Env) Namespace(tb testing.TB) string {
 	tb.Helper()
 	prefix := strings.Trim(notDNS.ReplaceAllString(strings.ToLower(tb.Name()), "-"), "-")
@@ -220,13 +219,13 @@ func (e *Env) Namespace(tb testing.TB) string {
 			tb.Logf("delete namespace %s: %v", name, err)
 		}
 	})
-	if !e.controllers {
-		_, err := e.Client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{
-			ObjectMeta: metav1.ObjectMeta{Name: "default"},
-		}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			tb.Fatalf("create serviceaccount %s/default: %v", name, err)
-		}
+	// Also with the controller manager: its service account controller
+	// may not have made it yet when the test creates its first pod.
+	_, err = e.Client.CoreV1().ServiceAccounts(name).Create(ctx, &corev1.ServiceAccount{
+		ObjectMeta: metav1.ObjectMeta{Name: "default"},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		tb.Fatalf("create serviceaccount %s/default: %v", name, err)
 	}
 	return name
 }

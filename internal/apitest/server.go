@@ -197,11 +197,10 @@ func startOnce(bin string, o options) (_ *Env, err error) {
 	}
 
 	return &Env{
-		Config:      cfg,
-		Client:      client,
-		Kubeconfig:  kubeconfig,
-		controllers: o.controllerManager,
-		stop:        stop,
+		Config:     cfg,
+		Client:     client,
+		Kubeconfig: kubeconfig,
+		stop:       stop,
 	}, nil
 }
 
