@@ -108,7 +108,11 @@ func equal(a, b Config) bool {
 
 func TestLoadReportsEveryProblem(t *testing.T) {
 	t.Setenv("K8SECRETS_AGENT_RESYNC_PERIOD", "soon")
-	_, err := Load([]string{
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("min-intervall: 2s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load([]string{"--config=" + file,
 		"--reload=signal:SIGNOPE", "--reload=http:ftp://x", "--reload=bounce",
 		"--process=a", "--pidfile=b", "--http-success-codes=2xx,abc", "--http-timeout=0s",
 		"--min-interval=-1s", "--validate=maybe", "--listen=9533", "--log-format=xml",
@@ -120,7 +124,7 @@ func TestLoadReportsEveryProblem(t *testing.T) {
 		"--watch: at least one", `"SIGNOPE" is not a signal`, `"ftp://x" is not an http`, `"bounce": not one of`,
 		"--process and --pidfile", "--http-success-codes", "--http-timeout: must be positive",
 		"--min-interval: must not be negative", `--resync-period: "soon" is not a duration`,
-		"--validate", "--listen", "--log-format",
+		"--validate", "--listen", "--log-format", `unknown key "min-intervall"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Load() error lacks %q:\n%v", want, err)
