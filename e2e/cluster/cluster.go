@@ -105,6 +105,57 @@ func Exists(o Options) (bool, error) {
 	return false, nil
 }
 
+// Ensure makes sure the cluster exists and is ready: it keeps one that
+// answers within a minute, and deletes and recreates one that does not (a
+// node container stopped with its dockerd, e.g. when CI runs after the
+// session that made it, does not come back healthy). It reports whether it
+// created the cluster.
+func Ensure(ctx context.Context, o Options) (created bool, err error) {
+	o.defaults()
+	exists, err := Exists(o)
+	if err != nil {
+		return false, err
+	}
+	if exists {
+		err := nodesRunning(o)
+		var path string
+		if err == nil {
+			path, err = WriteKubeconfig(o)
+		}
+		if err == nil {
+			err = WaitReady(ctx, path, time.Minute)
+		}
+		if err == nil {
+			return false, nil
+		}
+		o.Logger.Warn("existing cluster is not ready; recreating it", "name", o.Name, "err", err)
+		if err := Delete(o); err != nil {
+			return false, err
+		}
+	}
+	return true, Create(ctx, o)
+}
+
+// nodesRunning returns an error naming the first node container that is
+// not running.
+func nodesRunning(o Options) error {
+	p, err := provider(o)
+	if err != nil {
+		return err
+	}
+	nodes, err := p.ListNodes(o.Name)
+	if err != nil {
+		return fmt.Errorf("nodes of cluster %s: %w", o.Name, err)
+	}
+	for _, n := range nodes {
+		out, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}}", n.String()).Output()
+		if err != nil || strings.TrimSpace(string(out)) != "true" {
+			return fmt.Errorf("node container %s is not running", n.String())
+		}
+	}
+	return nil
+}
+
 // Create creates the cluster, writes its kubeconfig to o.Kubeconfig and
 // waits until the node is Ready, kube-proxy runs and CoreDNS is available.
 // On failure it collects the nodes' logs under o.CacheDir, names the folder

@@ -119,30 +119,22 @@ func setup(ctx context.Context, logger *slog.Logger) (*Cluster, func(), error) {
 		return nil, nil, existsErr
 	}
 	cleanup := func() {}
-	if !exists {
-		unlock, err := lock(o)
-		if err != nil {
-			return nil, nil, err
-		}
-		// Another test package may have created it while we waited.
-		if exists, err = cluster.Exists(o); err != nil {
-			unlock()
-			return nil, nil, err
-		}
-		if !exists {
-			if err := cluster.Create(ctx, o); err != nil {
-				unlock()
-				return nil, nil, err
-			}
-			if os.Getenv("E2E_KEEP_CLUSTER") != "1" {
-				cleanup = func() {
-					if err := cluster.Delete(o); err != nil {
-						logger.Error("e2e: delete cluster", "err", err)
-					}
-				}
+	unlock, err := lock(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Another test package may be creating it: the lock makes it wait.
+	created, err := cluster.Ensure(ctx, o)
+	unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	if created && os.Getenv("E2E_KEEP_CLUSTER") != "1" {
+		cleanup = func() {
+			if err := cluster.Delete(o); err != nil {
+				logger.Error("e2e: delete cluster", "err", err)
 			}
 		}
-		unlock()
 	}
 	path, err := cluster.WriteKubeconfig(o)
 	if err != nil {

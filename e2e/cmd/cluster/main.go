@@ -1,7 +1,7 @@
 // Command cluster creates, loads and deletes the kind cluster of the e2e
 // tests (make cluster, make load-images, make cluster-down).
 //
-//	cluster create             create the cluster unless it exists, wait until it is ready
+//	cluster create             create the cluster unless a ready one exists (recreates a broken one)
 //	cluster delete             delete the cluster and its kubeconfig file
 //	cluster load IMAGE...      load images from Docker into the nodes
 //	cluster kubeconfig         (re)write the kubeconfig file and print its path
@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/k8secrets/k8secrets/e2e/cluster"
 )
@@ -55,19 +54,8 @@ func run(ctx context.Context, args []string, logger *slog.Logger) error {
 	}
 	switch cmd, rest := fs.Arg(0), fs.Args()[1:]; cmd {
 	case "create":
-		ok, err := cluster.Exists(o)
-		if err != nil {
-			return err
-		}
-		if ok {
-			logger.Info("cluster exists; checking it is ready", "name", o.Name)
-			path, err := cluster.WriteKubeconfig(o)
-			if err != nil {
-				return err
-			}
-			return cluster.WaitReady(ctx, path, 2*time.Minute)
-		}
-		return cluster.Create(ctx, o)
+		_, err := cluster.Ensure(ctx, o)
+		return err
 	case "delete":
 		return cluster.Delete(o)
 	case "load":
