@@ -155,7 +155,8 @@ done
 
 # --- the node image ------------------------------------------------------------
 ctx=$work/node
-kind_src=$(go -C "$root/e2e" list -m -f '{{.Dir}}' sigs.k8s.io/kind)
+# Downloads the kind module on a fresh machine; prints its folder.
+kind_src=$(go -C "$root/e2e" mod download -json sigs.k8s.io/kind | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 [[ -d $kind_src/images/base/files ]] || { log "kind module source not found (cd e2e && go mod download sigs.k8s.io/kind)"; exit 1; }
 mkdir -p "$ctx/root/kind/images" "$ctx/root/usr/bin" "$ctx/root/usr/local/bin"
 cp -r "$kind_src/images/base/files/." "$ctx/root/"
