@@ -1,0 +1,326 @@
+//go:build e2e
+
+package job
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// leaseName is the Job's lock for a Secret whose name needs no digest.
+func leaseName(secret string) string { return "k8secrets-" + secret }
+
+// waitLease waits until the Secret's Lease exists (a run holds the lock).
+func (s *suite) waitLease(ctx context.Context, t *testing.T, ns, secret string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := s.Client.CoordinationV1().Leases(ns).Get(ctx, leaseName(secret), metav1.GetOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("lease %s/%s never appeared: %v", ns, leaseName(secret), err)
+	}
+}
+
+// waitLeaseExpired waits until the Secret's Lease is gone or was last
+// renewed longer ago than its duration: a dead run's lock is stale.
+func (s *suite) waitLeaseExpired(ctx context.Context, t *testing.T, ns, secret string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		l, err := s.Client.CoordinationV1().Leases(ns).Get(ctx, leaseName(secret), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		if err != nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+			return false, nil
+		}
+		// A second of slack for the clocks of the node and this machine.
+		return time.Since(l.Spec.RenewTime.Time) > time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second+time.Second, nil
+	})
+	if err != nil {
+		t.Fatalf("lease %s/%s did not expire: %v", ns, leaseName(secret), err)
+	}
+}
+
+// noLease asserts the Secret's Lease is gone: a run that ended released it.
+func (s *suite) noLease(ctx context.Context, t *testing.T, ns, secret string) {
+	t.Helper()
+	if _, err := s.Client.CoordinationV1().Leases(ns).Get(ctx, leaseName(secret), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("lease %s/%s after the run ended: %v; want it released (not found)", ns, leaseName(secret), err)
+	}
+}
+
+// newReplicaSet waits until the Deployment has a ReplicaSet whose template
+// mounts secret: the rollout has begun.
+func (s *suite) newReplicaSet(ctx context.Context, t *testing.T, ns, secret string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := s.Client.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, rs := range l.Items {
+			for _, v := range rs.Spec.Template.Spec.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == secret {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no ReplicaSet mounting %s appeared in %s: %v", secret, ns, err)
+	}
+}
+
+func (s *suite) replicaSetCount(ctx context.Context, t *testing.T, ns string) int {
+	t.Helper()
+	l, err := s.Client.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(l.Items)
+}
+
+// A second run on the same Secret while the first is rolling out exits 7 at
+// once and changes nothing; the first finishes and releases the lock.
+func TestConcurrentRunExits7(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	// minReadySeconds keeps the first run's rollout going for a while.
+	s.deployment(ctx, t, ns, "web", "web", 1, minReady(10))
+
+	first := s.start(ctx, t, "", ns, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	s.waitLease(ctx, t, ns, "db-creds")
+	s.newReplicaSet(ctx, t, ns, "db-creds")
+	rs := s.replicaSetCount(ctx, t, ns)
+
+	start := time.Now()
+	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	if r.code != 7 {
+		t.Errorf("second run: %s\nwant exit 7", r)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the second run took %s to give up; want at once", d.Round(time.Second))
+	}
+	select {
+	case <-first.done:
+		t.Errorf("the first run had ended before the second finished: the test did not run them together")
+	default:
+	}
+	if r := first.wait(t, [][]byte{value}); r.code != 0 {
+		t.Fatalf("first run: %s", r)
+	}
+	if n := s.replicaSetCount(ctx, t, ns); n != rs {
+		t.Errorf("ReplicaSets %d -> %d; want only the first run's rollout", rs, n)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 1, "db-creds", true)
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// A run killed with SIGKILL mid-rollout leaves its Lease behind: a rerun at
+// once exits 7; once the Lease has expired a rerun converges on the rollout
+// the killed run started (no further ReplicaSet), and every pod mounts the
+// Secret.
+func TestKilledRunConverges(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	// Two replicas, each 15s to become available: the rollout outlives the
+	// 20s Lease, so the rerun finds it unfinished.
+	s.deployment(ctx, t, ns, "web", "web", 2, minReady(15))
+	rsBefore := s.replicaSetCount(ctx, t, ns)
+
+	p := s.start(ctx, t, "", ns, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	s.newReplicaSet(ctx, t, ns, "db-creds")
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.wait(t, [][]byte{value}); r.code != -1 {
+		t.Fatalf("killed run: %s\nwant killed by a signal", r)
+	}
+	killedAt := time.Now()
+
+	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	if r.code != 7 {
+		t.Errorf("rerun while the killed run's Lease is fresh: %s\nwant exit 7", r)
+	}
+	s.waitLeaseExpired(ctx, t, ns, "db-creds")
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unfinished := d.Status.UpdatedReplicas < 2 || d.Status.AvailableReplicas < 2 || d.Status.Replicas > 2
+	t.Logf("rerun %s after the kill; the killed run's rollout unfinished: %t (status %+v)", time.Since(killedAt).Round(time.Second), unfinished, d.Status)
+
+	r = s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	if r.code != 0 {
+		t.Fatalf("rerun after the Lease expired: %s", r)
+	}
+	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
+		t.Errorf("ReplicaSets %d -> %d; want one more: the killed run's rollout, finished, not another", rsBefore, n)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// proxy forwards TCP connections to the API server until cut: then it
+// closes every connection and refuses new ones, as an unreachable API
+// server would.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cut    bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	go p.serve()
+	t.Cleanup(p.Cut)
+	return p
+}
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			c.Close()
+			up.Close()
+			return
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+// Cut closes the listener and every forwarded connection.
+func (p *proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	p.ln.Close()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// kubeconfigVia writes a copy of the admin kubeconfig whose clusters are
+// reached through addr. The API server's certificate names 127.0.0.1, so
+// TLS still verifies.
+func (s *suite) kubeconfigVia(t *testing.T, addr string) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(s.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfg.Clusters {
+		u, err := url.Parse(c.Server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Host = addr
+		c.Server = u.String()
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The API server becomes unreachable in the middle of a rollout: the run
+// ends with exit 1 and an error naming what it could not do, within its
+// timeout; a rerun, once the API server is back and the Lease expired,
+// converges.
+func TestAPIServerUnreachableMidRun(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	s.deployment(ctx, t, ns, "web", "web", 2, minReady(10))
+	rsBefore := s.replicaSetCount(ctx, t, ns)
+
+	server, err := url.Parse(s.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newProxy(t, server.Host)
+	kubeconfig := s.kubeconfigVia(t, px.ln.Addr().String())
+
+	p := s.start(ctx, t, kubeconfig, ns, s.injectArgs("app=web", "db-creds", "--timeout", "20s")...)
+	s.newReplicaSet(ctx, t, ns, "db-creds")
+	px.Cut()
+	cutAt := time.Now()
+	r := p.wait(t, [][]byte{value})
+	t.Logf("the run ended %s after the cut", time.Since(cutAt).Round(time.Second))
+	if r.code != 1 {
+		// Say whether the rollout the run gave up on had failed at all.
+		verdict := "it did not become available either"
+		if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err == nil && len(s.livePods(ctx, t, ns, "app=web")) == 2 {
+			verdict = "yet the Deployment finished that rollout by itself: nothing had failed but the connection"
+		}
+		t.Errorf("run cut off from the API server: %s\nwant exit 1 (README: \"API server unreachable ... rerun to converge\"); %s", r, verdict)
+	}
+	if !strings.Contains(r.stderr, "connection refused") && !strings.Contains(r.stderr, "rerun") {
+		t.Errorf("the error does not say what failed (connection refused) or what to do (rerun):\n%s", r.stderr)
+	}
+
+	s.waitLeaseExpired(ctx, t, ns, "db-creds")
+	r = s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
+	if r.code != 0 {
+		t.Fatalf("rerun with the API server back: %s", r)
+	}
+	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
+		t.Errorf("ReplicaSets %d -> %d; want one more: the cut run's rollout, finished, not another", rsBefore, n)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
