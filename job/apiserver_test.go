@@ -313,7 +313,9 @@ func TestAPIFailedRolloutRollsBack(t *testing.T) {
 	cl := newCluster(t, hasInjectedVolume)
 	cl.secret("db-creds")
 	orig := cl.deployment("web", "web", 2)
-	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "3s")...)
+	// --timeout bounds the rollback's wait too: leave the controllers room
+	// on a loaded 2-core machine.
+	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "8s")...)
 	if r.code != 5 {
 		t.Fatalf("inject: exit %d (%v); want 5", r.code, r.err)
 	}
@@ -340,7 +342,7 @@ func TestAPIStatefulSetRollback(t *testing.T) {
 	cl := newCluster(t, hasInjectedVolume)
 	cl.secret("db-creds")
 	orig := cl.statefulSet("db", "db", 3, appsv1.RollingUpdateStatefulSetStrategyType)
-	r := cl.job(injectArgs("app=db", "db-creds", "--timeout", "3s")...)
+	r := cl.job(injectArgs("app=db", "db-creds", "--timeout", "8s")...)
 	if r.code != 5 {
 		t.Fatalf("inject: exit %d (%v); want 5", r.code, r.err)
 	}
@@ -494,34 +496,11 @@ func TestAPIShippedRoleIsEnough(t *testing.T) {
 	cl.secret("other")
 	cl.deployment("web", "web", 1)
 
-	raw, err := os.ReadFile("../manifests/base/role.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var role rbacv1.Role
-	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
-		t.Fatal(err)
-	}
-	role.Rules[0].ResourceNames = []string{"db-creds"} // as the kustomization does
-	if _, err := cl.c.RbacV1().Roles(cl.ns).Create(cl.ctx, &role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = cl.c.RbacV1().RoleBindings(cl.ns).Create(cl.ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "k8secrets-job"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "k8secrets-job"}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	asJob, err := kubernetes.NewForConfig(env.As("k8secrets-job"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// RBAC takes effect asynchronously.
-	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, err := asJob.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
-		return err == nil, nil
+	asJob := cl.bindRole(env, "../manifests/base/role.yaml", "k8secrets-job", func(r *rbacv1.Role) {
+		r.Rules[0].ResourceNames = []string{"db-creds"} // as the secret-access component does
+	}, func(ctx context.Context, c kubernetes.Interface) error {
+		_, err := c.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
+		return err
 	})
 
 	r := cl.jobAs(cl.ctx, asJob, injectArgs("app=web", "db-creds")...)
@@ -549,6 +528,46 @@ func TestAPIShippedRoleIsEnough(t *testing.T) {
 	if ok, _ := canI(cl.ctx, asJob, "patch", "apps", "deployments", other); ok {
 		t.Errorf("the Job may patch deployments in another namespace")
 	}
+}
+
+// bindRole creates the Role in file (changed by mutate, if given) in the
+// test's namespace, binds it to user, and returns a client acting as user
+// once ready says the binding has taken effect (RBAC is asynchronous).
+func (cl *cluster) bindRole(env *apitest.Env, file, user string, mutate func(*rbacv1.Role), ready func(context.Context, kubernetes.Interface) error) kubernetes.Interface {
+	cl.t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	var role rbacv1.Role
+	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
+		cl.t.Fatalf("%s: %v", file, err)
+	}
+	if mutate != nil {
+		mutate(&role)
+	}
+	if _, err := cl.c.RbacV1().Roles(cl.ns).Create(cl.ctx, &role, metav1.CreateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+	_, err = cl.c.RbacV1().RoleBindings(cl.ns).Create(cl.ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(env.As(user))
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		return ready(ctx, c) == nil, nil
+	})
+	if err != nil {
+		cl.t.Fatalf("role %s for %s never took effect: %v", role.Name, user, err)
+	}
+	return c
 }
 
 func canI(ctx context.Context, c kubernetes.Interface, verb, group, resource, ns string) (bool, error) {
@@ -694,31 +713,9 @@ func TestAPIRefresh(t *testing.T) {
 		}
 	}()
 
-	raw, err := os.ReadFile("../manifests/refresh/role.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var role rbacv1.Role
-	if err := yaml.UnmarshalStrict(raw, &role); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.c.RbacV1().Roles(cl.ns).Create(cl.ctx, &role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.c.RbacV1().RoleBindings(cl.ns).Create(cl.ctx, &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "refresh"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "ci-pipeline"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	asCI, err := kubernetes.NewForConfig(env.As("ci-pipeline"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, err := asCI.CoreV1().Pods(cl.ns).List(ctx, metav1.ListOptions{})
-		return err == nil, nil
+	asCI := cl.bindRole(env, "../manifests/refresh/role.yaml", "ci-pipeline", nil, func(ctx context.Context, c kubernetes.Interface) error {
+		_, err := c.CoreV1().Pods(cl.ns).List(ctx, metav1.ListOptions{})
+		return err
 	})
 
 	r := cl.jobAs(cl.ctx, asCI, "refresh", "--secret", "db-creds", "--settle", "20s")

@@ -347,12 +347,6 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ReloadMode is the part of a reload spec before the colon.
-func ReloadMode(spec string) string {
-	mode, _, _ := strings.Cut(spec, ":")
-	return mode
-}
-
 // CheckReload checks the syntax of an agent reload spec; the agent checks
 // the rest when it starts.
 func CheckReload(spec string) error {

@@ -7,6 +7,7 @@ package refresh
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -16,14 +17,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
+	"github.com/k8secrets/k8secrets/job/internal/rollout"
 )
 
 // Options of one refresh.
@@ -155,39 +153,17 @@ func restartCount(p *corev1.Pod) int32 {
 func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, settle)
 	defer cancel()
-	sel := fields.OneTermEqualSelector("metadata.name", p.Name).String()
-	pods := client.CoreV1().Pods(p.Namespace)
-	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return pods.List(ctx, o)
-		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return pods.Watch(ctx, o)
-		},
-	}
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
-		cur, ok := ev.Object.(*corev1.Pod)
-		if !ok || ev.Type == watch.Deleted {
+	err := rollout.WaitPod(ctx, client, p.Namespace, p.Name, func(cur *corev1.Pod) (bool, error) {
+		if cur == nil {
 			return false, fmt.Errorf("pod %s/%s was deleted", p.Namespace, p.Name)
 		}
-		return restartCount(cur) > before && ready(cur), nil
+		return restartCount(cur) > before && rollout.PodReady(cur), nil
 	})
 	switch {
 	case err == nil:
 		return true, nil
-	case ctx.Err() != nil && context.Cause(ctx) == context.DeadlineExceeded:
-		return false, nil
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return false, nil // settled without a restart
 	}
 	return false, fmt.Errorf("wait for pod %s/%s to restart: %w", p.Namespace, p.Name, err)
-}
-
-func ready(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 
@@ -117,31 +118,48 @@ func ordinal(name string) int {
 // waitPodReady waits for the pod named name, other than the deleted old one,
 // to be Ready at revision rev.
 func (r *Roller) waitPodReady(ctx context.Context, ns, name string, old types.UID, rev string) error {
-	sel := fields.OneTermEqualSelector("metadata.name", name).String()
-	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return r.Client.CoreV1().Pods(ns).List(ctx, o)
-		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return r.Client.CoreV1().Pods(ns).Watch(ctx, o)
-		},
-	}
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
-		p, ok := ev.Object.(*corev1.Pod)
-		if !ok || ev.Type == watch.Deleted || p.UID == old || p.DeletionTimestamp != nil {
+	err := WaitPod(ctx, r.Client, ns, name, func(p *corev1.Pod) (bool, error) {
+		if p == nil || p.UID == old || p.DeletionTimestamp != nil {
 			return false, nil
 		}
-		return p.Labels[appsv1.ControllerRevisionHashLabelKey] == rev && podReady(p), nil
+		return p.Labels[appsv1.ControllerRevisionHashLabelKey] == rev && PodReady(p), nil
 	})
 	if err != nil {
-		return fmt.Errorf("pod %s/%s not Ready at revision %s: %w", ns, name, rev, context.Cause(ctx))
+		return fmt.Errorf("pod %s/%s not Ready at revision %s: %w", ns, name, rev, err)
 	}
 	return nil
 }
 
-func podReady(p *corev1.Pod) bool {
+// WaitPod watches the pod ns/name until cond is true or fails, or ctx ends
+// (the error is then ctx's cause). cond sees nil while the pod does not exist.
+func WaitPod(ctx context.Context, c kubernetes.Interface, ns, name string, cond func(*corev1.Pod) (bool, error)) error {
+	sel := fields.OneTermEqualSelector("metadata.name", name).String()
+	pods := c.CoreV1().Pods(ns)
+	lw := &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return pods.List(ctx, o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return pods.Watch(ctx, o)
+		},
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok || ev.Type == watch.Deleted {
+			p = nil
+		}
+		return cond(p)
+	})
+	if err != nil && ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
+}
+
+// PodReady tells whether the pod's Ready condition is true.
+func PodReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
 			return c.Status == corev1.ConditionTrue
