@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/pager"
 )
 
 // Kind is a workload kind the Job manages.
@@ -110,16 +111,29 @@ type Getter interface {
 	Get(kind Kind, name string) (runtime.Object, error)
 }
 
-// RunningPods lists the running pods in namespace that match selector.
+// RunningPods lists the running pods in namespace that match selector, in
+// pages, keeping of each only what Resolve reads (name and owners): with ten
+// thousand pods, whole pod objects would dominate the Job's memory.
 func RunningPods(ctx context.Context, client kubernetes.Interface, namespace, selector string) ([]corev1.Pod, error) {
-	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{
+	var pods []corev1.Pod
+	p := pager.New(func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return client.CoreV1().Pods(namespace).List(ctx, o)
+	})
+	p.PageSize = 500
+	err := p.EachListItem(ctx, metav1.ListOptions{
 		LabelSelector: selector,
 		FieldSelector: fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String(),
+	}, func(obj runtime.Object) error {
+		pod := obj.(*corev1.Pod)
+		pods = append(pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, OwnerReferences: pod.OwnerReferences,
+		}})
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list pods in %s matching %q: %w", namespace, selector, err)
 	}
-	return list.Items, nil
+	return pods, nil
 }
 
 // Resolve maps pods to their owning workloads, one entry per workload in a
