@@ -199,31 +199,50 @@ func TestInClusterInject(t *testing.T) {
 	}
 }
 
-// The shipped Job on a Secret that does not exist: its container exits 3,
-// the podFailurePolicy fails the Job at once (no retry), nothing changed.
-func TestInClusterSecretNotFound(t *testing.T) {
+// The shipped Job on bad input (exit 2) or a Secret that does not exist
+// (exit 3): its container exits with that code, the podFailurePolicy fails
+// the Job at once (no retry of a verdict), and nothing changed.
+func TestInClusterRefusals(t *testing.T) {
 	s := setup(t)
 	t.Parallel()
-	ctx := testContext(t, 6*time.Minute)
-	ns := s.Namespace(t)
-	s.deployment(ctx, t, ns, "web", "web", 1)
-	before := s.versionsOf(ctx, t, ns)
+	for _, tc := range []struct {
+		name             string
+		selector, secret string
+		want             int32
+		logs             string // what the Job's log must name
+	}{
+		{name: "invalid selector", selector: "app in (web", secret: "db-creds", want: 2, logs: "selector"},
+		{name: "secret not found", selector: "app=web", secret: "missing", want: 3, logs: "missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t, 6*time.Minute)
+			ns := s.Namespace(t)
+			value := s.createSecret(ctx, t, ns, "db-creds")
+			s.deployment(ctx, t, ns, "web", "web", 1)
+			before := s.versionsOf(ctx, t, ns)
 
-	s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR=app=web", "K8SECRETS_SECRET=missing")
-	cond, codes := s.jobOutcome(ctx, t, ns)
-	if cond.Type != batchv1.JobFailed || cond.Reason != batchv1.JobReasonPodFailurePolicy || codes[len(codes)-1] != 3 {
-		t.Fatalf("job: condition %s (%s: %s), exit codes %v; want Failed by PodFailurePolicy after exit 3\n%s", cond.Type, cond.Reason, cond.Message, codes, s.jobLogs(ctx, ns))
-	}
-	for _, c := range codes[:len(codes)-1] {
-		if c != 1 {
-			t.Errorf("job pods' exit codes %v; only exit 1 may be retried", codes)
-		}
-	}
-	if logs := s.jobLogs(ctx, ns); !strings.Contains(logs, "missing") {
-		t.Errorf("the Job's log does not name the missing Secret:\n%s", logs)
-	}
-	if after := s.versionsOf(ctx, t, ns); after != before {
-		t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
+			s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR="+tc.selector, "K8SECRETS_SECRET="+tc.secret)
+			cond, codes := s.jobOutcome(ctx, t, ns)
+			logs := s.jobLogs(ctx, ns)
+			if strings.Contains(logs, string(value)) {
+				t.Fatalf("the Job's logs hold the Secret's value (withheld)")
+			}
+			if cond.Type != batchv1.JobFailed || cond.Reason != batchv1.JobReasonPodFailurePolicy || codes[len(codes)-1] != tc.want {
+				t.Fatalf("job: condition %s (%s: %s), exit codes %v; want Failed by PodFailurePolicy after exit %d\n%s", cond.Type, cond.Reason, cond.Message, codes, tc.want, logs)
+			}
+			for _, c := range codes[:len(codes)-1] {
+				if c != 1 {
+					t.Errorf("job pods' exit codes %v; only exit 1 may be retried", codes)
+				}
+			}
+			if !strings.Contains(logs, tc.logs) {
+				t.Errorf("the Job's log does not name %q:\n%s", tc.logs, logs)
+			}
+			if after := s.versionsOf(ctx, t, ns); after != before {
+				t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -169,8 +170,9 @@ func TestKilledRunConverges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unfinished := d.Status.UpdatedReplicas < 2 || d.Status.AvailableReplicas < 2 || d.Status.Replicas > 2
-	t.Logf("rerun %s after the kill; the killed run's rollout unfinished: %t (status %+v)", time.Since(killedAt).Round(time.Second), unfinished, d.Status)
+	if st := d.Status; st.UpdatedReplicas == 2 && st.AvailableReplicas == 2 && st.Replicas == 2 {
+		t.Errorf("the killed run's rollout had finished %s after the kill (status %+v): the rerun has nothing to wait for and the test proves less", time.Since(killedAt).Round(time.Second), st)
+	}
 
 	r = s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
 	if r.code != 0 {
@@ -184,6 +186,52 @@ func TestKilledRunConverges(t *testing.T) {
 	}
 	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
 	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// A run killed with SIGKILL in the middle of a rollout that cannot succeed
+// (the agent's image does not exist): the rerun, with the same intent,
+// finds the unfinished rollout, waits for it within its timeout, then rolls
+// it back: exit 5, the pod template exactly the one before, the original
+// pods still there and Ready.
+func TestKilledFailingRunRolledBackByRerun(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	orig := s.deployment(ctx, t, ns, "web", "web", 2)
+	before := s.livePods(ctx, t, ns, "app=web")
+	args := []string{"inject", "-l", "app=web", "--secret", "db-creds", "--agent-image", missingImage}
+
+	p := s.start(ctx, t, "", ns, append(args, "--timeout", "3m")...)
+	s.newReplicaSet(ctx, t, ns, "db-creds")
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.wait(t, [][]byte{value}); r.code != -1 {
+		t.Fatalf("killed run: %s\nwant killed by a signal", r)
+	}
+	s.waitLeaseExpired(ctx, t, ns, "db-creds")
+
+	r := s.job(ctx, t, "", ns, [][]byte{value}, append(args, "--timeout", "15s")...)
+	if r.code != 5 {
+		t.Fatalf("rerun on the killed run's failing rollout: %s\nwant exit 5", r)
+	}
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rerun's rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
+	if got, want := restartCounts(after), restartCounts(before); got != want {
+		t.Errorf("pods after the rollback: %s; want the original pods, not restarted: %s", got, want)
+	}
 	s.noLease(ctx, t, ns, "db-creds")
 }
 
