@@ -16,6 +16,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -46,9 +47,19 @@ func (s *suite) deployJob(ctx context.Context, t *testing.T, ns string, params .
 	if err != nil {
 		t.Fatal(err)
 	}
-	var literals strings.Builder
+	// The defaults first; params override them.
+	var keys []string
+	values := map[string]string{}
 	for _, p := range append([]string{"K8SECRETS_AGENT_IMAGE=" + s.agentImage(), "K8SECRETS_TIMEOUT=2m"}, params...) {
-		fmt.Fprintf(&literals, "      - %s\n", p)
+		k, _, _ := strings.Cut(p, "=")
+		if _, ok := values[k]; !ok {
+			keys = append(keys, k)
+		}
+		values[k] = p
+	}
+	var literals strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&literals, "      - %s\n", values[k])
 	}
 	overlay := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -243,6 +254,45 @@ func TestInClusterRefusals(t *testing.T) {
 				t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
 			}
 		})
+	}
+}
+
+// The shipped Job whose rollout fails (the agent's image does not exist):
+// it rolls the Deployment back under the shipped Role, its container exits
+// 5 and the podFailurePolicy fails the Job; the template is exactly the one
+// before and the original pods are still there, Ready.
+func TestInClusterFailedRolloutRolledBack(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 6*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	orig := s.deployment(ctx, t, ns, "web", "web", 2)
+	before := s.livePods(ctx, t, ns, "app=web")
+
+	s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR=app=web", "K8SECRETS_SECRET=db-creds",
+		"K8SECRETS_AGENT_IMAGE="+missingImage, "K8SECRETS_TIMEOUT=15s")
+	cond, codes := s.jobOutcome(ctx, t, ns)
+	logs := s.jobLogs(ctx, ns)
+	if strings.Contains(logs, string(value)) {
+		t.Fatalf("the Job's logs hold the Secret's value (withheld)")
+	}
+	if cond.Type != batchv1.JobFailed || cond.Reason != batchv1.JobReasonPodFailurePolicy || codes[len(codes)-1] != 5 {
+		t.Fatalf("job: condition %s (%s: %s), exit codes %v; want Failed by PodFailurePolicy after exit 5\n%s", cond.Type, cond.Reason, cond.Message, codes, logs)
+	}
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
+	if got, want := restartCounts(after), restartCounts(before); got != want {
+		t.Errorf("pods after the rollback: %s; want the original pods, not restarted: %s", got, want)
 	}
 }
 
