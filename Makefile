@@ -63,6 +63,11 @@ bench-agent: ## Measure the stripped agent: swap-to-reload latency, burst reload
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
 	$(GO) run ./agent/cmd/bench -binary $(BIN)/k8secrets-agent
 
+BENCH_N ?= 1000
+.PHONY: bench-job
+bench-job: build node-image test-assets ## Scale benchmark of the Job: BENCH_N Deployments x 10 pods on kwok nodes in a kind cluster of its own (k8secrets-bench, deleted after).
+	$(GO) -C e2e run ./cmd/benchjob -n $(BENCH_N) -job $(BIN)/k8secrets-job -kubectl $(KUBE_BIN)/kubectl -node-image $(NODE_IMAGE) $(BENCH_ARGS)
+
 ##@ Cluster
 
 # The kind cluster of the e2e tests (e2e/cluster). Its kubeconfig goes to a
