@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -31,6 +33,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -741,5 +744,118 @@ func TestAPIRefresh(t *testing.T) {
 		if _, ok := p.Annotations["k8secrets.io/refreshed-at"]; ok {
 			t.Errorf("pod %s, which does not mount the Secret, was annotated", p.Name)
 		}
+	}
+}
+
+// The API server unreachable mid-rollout: a clear error (exit 1) and no
+// blind rollback; a rerun first meets the dead run's lock (exit 7), then,
+// once the lease has expired, converges.
+func TestAPIUnreachableMidRun(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+
+	proxy := newCutProxy(t, env.Config.Host)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Host = proxy.URL()
+	viaProxy, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = wait.PollUntilContextTimeout(cl.ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+			return cl.replicaSets() >= 2, nil
+		})
+		proxy.Cut()
+	}()
+	start := time.Now()
+	r := cl.jobAs(cl.ctx, viaProxy, injectArgs("app=web", "db-creds", "--timeout", "5s")...)
+	if r.code != 1 || !strings.Contains(errString(r.err), "lost contact with the API server") || !strings.Contains(errString(r.err), "rerun to converge") {
+		t.Fatalf("cut-off run: exit %d (%v); want 1, naming the lost contact and what to do", r.code, r.err)
+	}
+	t.Logf("cut-off run ended after %s", time.Since(start).Round(time.Millisecond))
+	if n := len(cl.events("RolledBack")); n != 0 {
+		t.Errorf("%d RolledBack events: the cut-off run must not roll back blindly", n)
+	}
+
+	healthy := func(*corev1.Pod) bool { return false }
+	cl.broken.Store(&healthy)
+	if r := cl.job(injectArgs("app=web", "db-creds")...); r.code != 7 {
+		t.Fatalf("rerun while the dead run's lease is fresh: exit %d (%v); want 7", r.code, r.err)
+	}
+	// The dead run's lease expires after lock.Duration without renewal.
+	var last result
+	err = wait.PollUntilContextTimeout(cl.ctx, time.Second, 2*lock.Duration, true, func(context.Context) (bool, error) {
+		last = cl.job(injectArgs("app=web", "db-creds")...)
+		return last.code != 7, nil
+	})
+	if err != nil || last.code != 0 || !strings.Contains(last.out, "unchanged") {
+		t.Fatalf("rerun after the lease expired: exit %d (%v); report:\n%s", last.code, last.err, last.out)
+	}
+	// Converged on the first run's rollout: injected, available, and no
+	// third ReplicaSet.
+	d := cl.waitDeployment("web")
+	if len(d.Spec.Template.Spec.Volumes) != 1 || cl.replicaSets() != 2 {
+		t.Errorf("after the rerun: volumes %v, %d ReplicaSets; want the injected template and 2", d.Spec.Template.Spec.Volumes, cl.replicaSets())
+	}
+}
+
+// cutProxy forwards TCP to an API server until Cut, which drops every
+// connection and refuses new ones.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cut    bool
+}
+
+func newCutProxy(t *testing.T, host string) *cutProxy {
+	u, err := url.Parse(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: u.Host}
+	t.Cleanup(p.Cut)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			if p.cut {
+				c.Close()
+				up.Close()
+			} else {
+				p.conns = append(p.conns, c, up)
+			}
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) URL() string { return "https://" + p.ln.Addr().String() }
+
+func (p *cutProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	p.ln.Close()
+	for _, c := range p.conns {
+		c.Close()
 	}
 }

@@ -34,6 +34,9 @@ var (
 	ErrRolledBack = errors.New("rolled back")
 	// ErrRollbackFailed: the rollback failed too (exit 6).
 	ErrRollbackFailed = errors.New("rollback failed")
+	// ErrUnreachable: the API server could not be reached while waiting;
+	// the rollout's fate is unknown, so nothing is rolled back.
+	ErrUnreachable = errors.New("lost contact with the API server")
 )
 
 // Roller applies changes and waits for them.
@@ -138,9 +141,9 @@ func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)
 	if waitErr == nil {
 		return nil
 	}
-	if ctx.Err() != nil {
-		// Interrupted, not failed: leave the rollout to a rerun, which waits
-		// for it or rolls it back.
+	if ctx.Err() != nil || errors.Is(waitErr, ErrUnreachable) {
+		// Interrupted or cut off, not failed: leave the rollout to a rerun,
+		// which waits for it or rolls it back.
 		return fmt.Errorf("%s: interrupted while rolling out; rerun to converge: %w", w, waitErr)
 	}
 	r.Log.Warn("rollout failed; rolling back", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
@@ -164,7 +167,7 @@ func (r *Roller) Converge(ctx context.Context, w workload.Workload, undo plan.Ch
 	}
 	gen := workload.New(obj).Meta().GetGeneration()
 	waitErr := r.rollOut(ctx, w, gen, progress)
-	if waitErr == nil || ctx.Err() != nil {
+	if waitErr == nil || ctx.Err() != nil || errors.Is(waitErr, ErrUnreachable) {
 		return true, waitErr
 	}
 	r.Log.Warn("unfinished rollout failed; removing the injection", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
@@ -305,12 +308,38 @@ func (r *Roller) wait(ctx context.Context, w workload.Workload, gen int64, progr
 		select {
 		case <-changed:
 		case <-ctx.Done():
+			if err := r.reachable(context.WithoutCancel(ctx), w); err != nil {
+				return fmt.Errorf("%w while waiting for %s: %v", ErrUnreachable, w, err)
+			}
 			if last != "" {
 				return fmt.Errorf("%w (last state: %s)", context.Cause(ctx), last)
 			}
 			return context.Cause(ctx)
 		}
 	}
+}
+
+// reachable asks the API server for the workload once: a watch that has
+// gone quiet may mean a stuck rollout, or a cut connection (which the
+// reflector retries silently). Only a transport error counts as cut off.
+func (r *Roller) reachable(ctx context.Context, w workload.Workload) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var err error
+	apps := r.Client.AppsV1()
+	switch w.Kind() {
+	case workload.Deployment:
+		_, err = apps.Deployments(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
+	case workload.StatefulSet:
+		_, err = apps.StatefulSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
+	case workload.DaemonSet:
+		_, err = apps.DaemonSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
+	}
+	var status apierrors.APIStatus
+	if err == nil || errors.As(err, &status) {
+		return nil
+	}
+	return err
 }
 
 func lower(k workload.Kind) string {
