@@ -1,0 +1,550 @@
+// Command propagation measures how long a Secret update takes to reach a
+// running app through k8secrets, on the kind cluster with the kubelet's
+// default sync period (make bench-propagation):
+//
+//   - with refresh: update the Secret, run `k8secrets-job refresh` right
+//     after, one update at a time (-refresh-updates of them, each reaching
+//     every replica of one Deployment);
+//   - without refresh: the kubelet's periodic sync delivers the update.
+//     That takes about a minute per update, so -periodic-pods Deployments,
+//     each with its own Secret, are updated concurrently, -periodic-rounds
+//     times; each update waits a random 0–60s first, so that it lands at a
+//     random point of its pod's sync period, as a user's update would.
+//
+// Each sample is the time from the start of the Secret update (just before
+// the API call) to the demo app's reload of the new version, as the app
+// itself records it ("loaded" in its GET / answer, read through the API
+// server's pod proxy). The kind node is a container on this machine, so the
+// app's clock is this machine's clock. The demo app reloads on SIGHUP from the
+// k8secrets-agent sidecar, which the Job injected in signal mode.
+//
+// Usage:
+//
+//	propagation -tag TAG [-job bin/k8secrets-job] [-kubeconfig FILE]
+//
+// The k8secrets-agent:TAG and k8secrets-demo:TAG images must be loaded into
+// the cluster (make load-images). It prints p50, p95 and max of each series.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+type options struct {
+	kubeconfig, job, tag         string
+	refreshUpdates, replicas     int
+	periodicPods, periodicRounds int
+	maxOffset, settle            time.Duration
+	skipPeriodic, keep           bool
+	out                          string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var o options
+	home, _ := os.UserHomeDir()
+	defKubeconfig := os.Getenv("KIND_KUBECONFIG")
+	if defKubeconfig == "" {
+		defKubeconfig = filepath.Join(home, ".cache", "k8secrets", "kind-k8secrets.kubeconfig")
+	}
+	flag.StringVar(&o.kubeconfig, "kubeconfig", defKubeconfig, "kubeconfig of the cluster (default: $KIND_KUBECONFIG, else the kind cluster's of make cluster)")
+	flag.StringVar(&o.job, "job", "bin/k8secrets-job", "the k8secrets-job binary")
+	flag.StringVar(&o.tag, "tag", "", "tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster (required)")
+	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of the series with refresh")
+	flag.IntVar(&o.replicas, "replicas", 2, "replicas of the Deployment of the series with refresh; an update counts when every replica reloaded it")
+	flag.IntVar(&o.periodicPods, "periodic-pods", 12, "Deployments (one pod, one Secret each) updated concurrently in the series without refresh")
+	flag.IntVar(&o.periodicRounds, "periodic-rounds", 2, "rounds of the series without refresh (samples = pods × rounds)")
+	flag.DurationVar(&o.maxOffset, "max-offset", time.Minute, "each update of the series without refresh waits a random time up to this first")
+	flag.DurationVar(&o.settle, "settle", 20*time.Second, "wait after the pods are Ready before the series without refresh (any change to a pod, its own status included, makes the kubelet resync it)")
+	flag.BoolVar(&o.skipPeriodic, "skip-periodic", false, "measure only the series with refresh")
+	flag.BoolVar(&o.keep, "keep", false, "keep the namespaces")
+	flag.StringVar(&o.out, "o", "", "also write every sample as JSON to this file")
+	flag.Parse()
+	if err := run(ctx, o, log); err != nil {
+		log.Error(err.Error())
+		os.Exit(1)
+	}
+}
+
+// sample is one Secret update and how long it took to reach the app(s).
+type sample struct {
+	Series  string  `json:"series"`
+	Update  int     `json:"update"`
+	Seconds float64 `json:"seconds"`
+	// Detail breaks the time down: the Secret update API call, the refresh
+	// command, or the random wait before the update.
+	Detail string `json:"detail,omitempty"`
+}
+
+type bench struct {
+	client     kubernetes.Interface
+	kubeconfig string
+	job, tag   string
+	log        *slog.Logger
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	if o.tag == "" {
+		return errors.New("-tag is required: the tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster")
+	}
+	if o.refreshUpdates < 1 || o.replicas < 1 || o.periodicPods < 1 || o.periodicRounds < 1 {
+		return errors.New("-refresh-updates, -replicas, -periodic-pods and -periodic-rounds must be at least 1")
+	}
+	job, err := filepath.Abs(o.job)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(job); err != nil {
+		return fmt.Errorf("k8secrets-job binary: %w (make build)", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig %s: %w", o.kubeconfig, err)
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	b := &bench{client: client, kubeconfig: o.kubeconfig, job: job, tag: o.tag, log: log}
+
+	freq, err := b.syncFrequency(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("kubelet syncFrequency (node /configz): %s\n", freq)
+
+	var all []sample
+	start := time.Now()
+	refreshed, err := b.withRefresh(ctx, o)
+	all = append(all, refreshed...)
+	if err != nil {
+		return err
+	}
+	var periodic []sample
+	if !o.skipPeriodic {
+		periodic, err = b.withoutRefresh(ctx, o)
+		all = append(all, periodic...)
+		if err != nil {
+			return err
+		}
+	}
+	if o.out != "" {
+		j, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(o.out, append(j, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("\nSecret update start → demo app reloaded (its own \"loaded\" time), kubelet syncFrequency %s, wall time %s\n", freq, time.Since(start).Round(time.Second))
+	fmt.Printf("%-34s %7s %8s %8s %8s %8s\n", "series", "samples", "min", "p50", "p95", "max")
+	fmt.Println(summary("with refresh (every replica)", refreshed))
+	if !o.skipPeriodic {
+		fmt.Println(summary("without refresh", periodic))
+	}
+	return nil
+}
+
+// summary is a table row: nearest-rank percentiles of the samples.
+func summary(name string, ss []sample) string {
+	if len(ss) == 0 {
+		return fmt.Sprintf("%-34s %7d", name, 0)
+	}
+	v := make([]float64, len(ss))
+	for i, s := range ss {
+		v[i] = s.Seconds
+	}
+	slices.Sort(v)
+	return fmt.Sprintf("%-34s %7d %7.2fs %7.2fs %7.2fs %7.2fs", name, len(v), v[0], pct(v, 50), pct(v, 95), v[len(v)-1])
+}
+
+// pct is the nearest-rank percentile of sorted values.
+func pct(sorted []float64, p int) float64 {
+	i := (p*len(sorted)+99)/100 - 1
+	return sorted[max(i, 0)]
+}
+
+// syncFrequency reads the kubelet's syncFrequency from its /configz, through
+// the API server's node proxy.
+func (b *bench) syncFrequency(ctx context.Context) (string, error) {
+	nodes, err := b.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("list nodes: %w", err)
+	}
+	var freqs []string
+	for _, n := range nodes.Items {
+		raw, err := b.client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", n.Name, "proxy", "configz").DoRaw(ctx)
+		if err != nil {
+			return "", fmt.Errorf("kubelet /configz of node %s: %w", n.Name, err)
+		}
+		var cz struct {
+			KubeletConfig struct {
+				SyncFrequency string `json:"syncFrequency"`
+			} `json:"kubeletconfig"`
+		}
+		if err := json.Unmarshal(raw, &cz); err != nil {
+			return "", fmt.Errorf("kubelet /configz of node %s: %w", n.Name, err)
+		}
+		freqs = append(freqs, n.Name+"="+cz.KubeletConfig.SyncFrequency)
+	}
+	return strings.Join(freqs, ", "), nil
+}
+
+// namespace creates a namespace for one series and returns a function that
+// deletes it (unless keep).
+func (b *bench) namespace(ctx context.Context, prefix string, keep bool) (string, func(), error) {
+	ns, err := b.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		GenerateName: prefix,
+		Labels:       map[string]string{"k8secrets.io/bench": "propagation"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", nil, fmt.Errorf("create namespace: %w", err)
+	}
+	name := ns.Name
+	b.log.Info("namespace", "name", name)
+	return name, func() {
+		if keep {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = b.client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+	}, nil
+}
+
+// deploy creates a Secret at version v0 and a Deployment of the demo app that
+// reads it, labelled app=NAME, waits until it is available, and injects the
+// Secret with the agent in signal mode.
+func (b *bench) deploy(ctx context.Context, ns, name, secret string, replicas int32) error {
+	if _, err := b.client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secret},
+		Data:       data("v0"),
+	}, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create secret %s/%s: %w", ns, secret, err)
+	}
+	grace := int64(5)
+	labels := map[string]string{"app": name}
+	uid := int64(1000)
+	yes, no := true, false
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: &grace,
+					Containers: []corev1.Container{{
+						Name:            "demo",
+						Image:           "k8secrets-demo:" + b.tag,
+						ImagePullPolicy: corev1.PullIfNotPresent,
+						Args:            []string{"--secret-dir=/var/run/secrets/k8secrets/" + secret},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}},
+							PeriodSeconds: 2,
+						},
+						SecurityContext: &corev1.SecurityContext{
+							// The agent runs as the app's user to signal it.
+							RunAsUser: &uid, RunAsGroup: &uid, RunAsNonRoot: &yes,
+							ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no,
+							Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+							SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := b.client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create deployment %s/%s: %w", ns, name, err)
+	}
+	// Before the injection the Secret is not mounted: the app serves no version.
+	if err := b.waitPods(ctx, ns, name, int(replicas), "", false); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, b.job, "inject", "-l", "app="+name, "--secret", secret, "-n", ns,
+		"--kubeconfig", b.kubeconfig, "--agent-image=k8secrets-agent:"+b.tag, "--reload=signal:SIGHUP", "--timeout=3m")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("k8secrets-job inject %s/%s: %v\n%s", ns, name, err, out)
+	}
+	return b.waitPods(ctx, ns, name, int(replicas), "v0", true)
+}
+
+// waitPods waits until the Deployment's app label selects exactly n live,
+// Ready pods (with the agent, if injected), each serving version.
+func (b *bench) waitPods(ctx context.Context, ns, app string, n int, version string, injected bool) error {
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		pods, err := b.pods(ctx, ns, app)
+		ok := err == nil && len(pods) == n
+		for _, p := range pods {
+			if !ok {
+				break
+			}
+			ok = ready(&p) && (!injected || hasAgent(&p))
+			if ok {
+				s, err := b.app(ctx, ns, p.Name)
+				ok = err == nil && s.Version == version
+			}
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("deployment %s/%s: not %d Ready pods serving %s after 4m (%d pods, err %v)", ns, app, n, version, len(pods), err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// pods are the live (not terminating) pods of app.
+func (b *bench) pods(ctx context.Context, ns, app string) ([]corev1.Pod, error) {
+	list, err := b.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		return nil, err
+	}
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func hasAgent(p *corev1.Pod) bool {
+	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+		if strings.HasPrefix(c.Name, "k8secrets-agent-") {
+			return true
+		}
+	}
+	return false
+}
+
+// appState is the demo app's GET / answer, without the digest of the values.
+type appState struct {
+	Version string    `json:"version"`
+	Reloads int       `json:"reloads"`
+	Loaded  time.Time `json:"loaded"`
+}
+
+func (b *bench) app(ctx context.Context, ns, pod string) (appState, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := b.client.CoreV1().Pods(ns).ProxyGet("http", pod, "8080", "/", nil).DoRaw(ctx)
+	if err != nil {
+		return appState{}, err
+	}
+	var s appState
+	err = json.Unmarshal(raw, &s)
+	return s, err
+}
+
+// waitLoaded polls the app in pod until it serves version, and returns the
+// time it says it loaded it.
+func (b *bench) waitLoaded(ctx context.Context, ns, pod, version string, every, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := b.app(ctx, ns, pod)
+		if err == nil && s.Version == version {
+			return s.Loaded, nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("pod %s/%s: version %s not loaded after %s (serves %q, err %v)", ns, pod, version, timeout, s.Version, err)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
+
+// update sets the Secret's version (and a fresh password, never printed).
+func (b *bench) update(ctx context.Context, ns, secret, version string) error {
+	s, err := b.client.CoreV1().Secrets(ns).Get(ctx, secret, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get secret %s/%s: %w", ns, secret, err)
+	}
+	s = s.DeepCopy()
+	s.Data = data(version)
+	if _, err := b.client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update secret %s/%s: %w", ns, secret, err)
+	}
+	return nil
+}
+
+func data(version string) map[string][]byte {
+	p := make([]byte, 16)
+	_, _ = rand.Read(p)
+	return map[string][]byte{"version": []byte(version), "password": []byte(hex.EncodeToString(p))}
+}
+
+// withRefresh: one Deployment; each update is followed at once by
+// `k8secrets-job refresh` (a new process, as from a CI pipeline), and counts
+// when every replica reloaded it.
+func (b *bench) withRefresh(ctx context.Context, o options) ([]sample, error) {
+	ns, cleanup, err := b.namespace(ctx, "prop-refresh-", o.keep)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	const name, secret = "demo", "demo-secret"
+	if err := b.deploy(ctx, ns, name, secret, int32(o.replicas)); err != nil {
+		return nil, err
+	}
+	pods, err := b.pods(ctx, ns, name)
+	if err != nil {
+		return nil, err
+	}
+	b.log.Info("series with refresh", "updates", o.refreshUpdates, "pods", len(pods))
+	var out []sample
+	for i := 1; i <= o.refreshUpdates; i++ {
+		// The agent reloads at most once per --min-interval (1s): leave it.
+		time.Sleep(1500 * time.Millisecond)
+		version := fmt.Sprintf("r%d", i)
+		start := time.Now()
+		if err := b.update(ctx, ns, secret, version); err != nil {
+			return out, err
+		}
+		updated := time.Since(start)
+		cmd := exec.CommandContext(ctx, b.job, "refresh", "--secret", secret, "-n", ns, "--kubeconfig", b.kubeconfig)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("k8secrets-job refresh: %v\n%s", err, out)
+		}
+		refreshed := time.Since(start)
+		var latest time.Duration
+		for _, p := range pods {
+			loaded, err := b.waitLoaded(ctx, ns, p.Name, version, 20*time.Millisecond, 150*time.Second)
+			if err != nil {
+				return out, err
+			}
+			latest = max(latest, loaded.Sub(start))
+		}
+		s := sample{Series: "refresh", Update: i, Seconds: latest.Seconds(),
+			Detail: fmt.Sprintf("update call done %.3fs, refresh done %.3fs", updated.Seconds(), refreshed.Seconds())}
+		b.log.Info("update", "series", s.Series, "n", i, "seconds", fmt.Sprintf("%.3f", s.Seconds), "detail", s.Detail)
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// withoutRefresh: -periodic-pods Deployments of one pod, each with its own
+// Secret, updated concurrently; each update first waits a random time up to
+// -max-offset so that it lands at a random point of its pod's sync period.
+func (b *bench) withoutRefresh(ctx context.Context, o options) ([]sample, error) {
+	ns, cleanup, err := b.namespace(ctx, "prop-periodic-", o.keep)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	// Inject a few at a time: each inject waits for its rollout.
+	errs := make([]error, o.periodicPods)
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i := range o.periodicPods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = b.deploy(ctx, ns, fmt.Sprintf("demo-%d", i), fmt.Sprintf("secret-%d", i), 1)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	b.log.Info("series without refresh: pods ready; letting them settle", "pods", o.periodicPods, "settle", o.settle)
+	time.Sleep(o.settle)
+
+	var (
+		mu  sync.Mutex
+		out []sample
+	)
+	for r := 1; r <= o.periodicRounds; r++ {
+		b.log.Info("series without refresh", "round", r, "of", o.periodicRounds)
+		for i := range o.periodicPods {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = func() error {
+					app, secret := fmt.Sprintf("demo-%d", i), fmt.Sprintf("secret-%d", i)
+					pods, err := b.pods(ctx, ns, app)
+					if err != nil {
+						return err
+					}
+					if len(pods) != 1 {
+						return fmt.Errorf("deployment %s/%s: %d pods; want 1", ns, app, len(pods))
+					}
+					offset := time.Duration(mrand.Int64N(int64(o.maxOffset) + 1))
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-time.After(offset):
+					}
+					version := fmt.Sprintf("p%d", r)
+					start := time.Now()
+					if err := b.update(ctx, ns, secret, version); err != nil {
+						return err
+					}
+					loaded, err := b.waitLoaded(ctx, ns, pods[0].Name, version, 250*time.Millisecond, 4*time.Minute)
+					if err != nil {
+						return err
+					}
+					s := sample{Series: "periodic", Update: (r-1)*o.periodicPods + i + 1, Seconds: loaded.Sub(start).Seconds(),
+						Detail: fmt.Sprintf("pod %s, round %d, random wait %.1fs before the update", pods[0].Name, r, offset.Seconds())}
+					b.log.Info("update", "series", s.Series, "n", s.Update, "seconds", fmt.Sprintf("%.3f", s.Seconds), "detail", s.Detail)
+					mu.Lock()
+					out = append(out, s)
+					mu.Unlock()
+					return nil
+				}()
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
