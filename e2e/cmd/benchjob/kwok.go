@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 )
@@ -102,6 +103,7 @@ options:
   manageAllNodes: false
   manageNodesWithAnnotationSelector: 'kwok.x-k8s.io/node=fake'
   nodeLeaseDurationSeconds: 40
+  nodeLeaseParallelism: 4
   nodePort: 10247
   podPlayStageParallelism: 8
   nodePlayStageParallelism: 2
@@ -174,6 +176,10 @@ func deployKwok(ctx context.Context, c kubernetes.Interface, image, src string) 
 						Env: []corev1.EnvVar{
 							{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
 							{Name: "HOME", Value: "/tmp"},
+						},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(10247)}},
+							PeriodSeconds: 2,
 						},
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "config", MountPath: "/etc/kwok", ReadOnly: true},

@@ -8,7 +8,7 @@
 //     by a reverse proxy the Job's kubeconfig points at;
 //  3. the peak RSS of the Job process (getrusage of the child);
 //  4. the total rollout time of the inject run against `kubectl rollout
-//     restart deployment --all` followed by `kubectl rollout status` for
+//     restart deployment -l bench=k8secrets` followed by `kubectl rollout status` for
 //     each Deployment, on the same set in the same run.
 //
 // The cluster (default k8secrets-bench) is created with the
