@@ -364,3 +364,73 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 		t.Errorf("pod %s was refreshed; this test must not refresh", p.Name)
 	}
 }
+
+// TestRestartRefreshOneAtATime: where the agents restart the app, refresh
+// pokes one pod at a time and waits for it to be Ready again before the
+// next, so the replicas never restart together.
+func TestRestartRefreshOneAtATime(t *testing.T) {
+	t.Parallel()
+	c := framework.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	ns := c.Namespace(t)
+	const secret = "demo-secret"
+	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
+	w := workload{"Deployment", "web"}
+	createWorkload(ctx, t, c, ns, w, 2, secret)
+	waitRolledOut(ctx, t, c, ns, w, 2)
+
+	inject(ctx, t, c, ns, secret, "restart")
+	before := injectedPods(ctx, t, c, ns, secret, "restart", "v1", map[workload]int{w: 2})
+
+	updateSecret(ctx, t, c, ns, secret, opaque("v2"))
+	refresh(ctx, t, c, ns, secret)
+
+	// Each app restarted once in its own pod; when the second one ended,
+	// the first was already running the new version and Ready.
+	type restart struct {
+		pod            string
+		ended, readyAt time.Time
+	}
+	var rs []restart
+	for _, b := range before {
+		if _, err := waitApp(ctx, c, ns, b.pod.Name, refreshed, "version v2", version("v2")); err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, b.pod.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.UID != b.pod.UID {
+			t.Errorf("pod %s was replaced (UID %s, was %s); want the same pod", p.Name, p.UID, b.pod.UID)
+		}
+		if r := restarts(p, appContainer); r != b.restarts+1 {
+			t.Errorf("pod %s: app container restartCount %d, was %d; want +1", p.Name, r, b.restarts)
+		}
+		r := restart{pod: p.Name}
+		for _, s := range p.Status.ContainerStatuses {
+			if s.Name == appContainer && s.LastTerminationState.Terminated != nil {
+				r.ended = s.LastTerminationState.Terminated.FinishedAt.Time
+			}
+		}
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+				r.readyAt = cond.LastTransitionTime.Time
+			}
+		}
+		if r.ended.IsZero() || r.readyAt.IsZero() {
+			t.Fatalf("pod %s: no end time of the old app container or no Ready time in its status", p.Name)
+		}
+		rs = append(rs, r)
+	}
+	if rs[1].ended.Before(rs[0].ended) {
+		rs[0], rs[1] = rs[1], rs[0]
+	}
+	t.Logf("pod %s: app ended %s, Ready %s; pod %s: app ended %s", rs[0].pod, rs[0].ended.Format(time.TimeOnly),
+		rs[0].readyAt.Format(time.TimeOnly), rs[1].pod, rs[1].ended.Format(time.TimeOnly))
+	// The API's times have a resolution of one second.
+	if rs[1].ended.Before(rs[0].readyAt) {
+		t.Errorf("pod %s's app ended at %s, before pod %s was Ready again at %s: both replicas were down together",
+			rs[1].pod, rs[1].ended.Format(time.RFC3339), rs[0].pod, rs[0].readyAt.Format(time.RFC3339))
+	}
+}
