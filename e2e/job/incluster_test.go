@@ -231,7 +231,7 @@ func TestInClusterRefusals(t *testing.T) {
 			ns := s.Namespace(t)
 			value := s.createSecret(ctx, t, ns, "db-creds")
 			s.deployment(ctx, t, ns, "web", "web", 1)
-			before := s.versionsOf(ctx, t, ns)
+			before := withoutJobPods(s.stableVersions(ctx, t, ns))
 
 			s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR="+tc.selector, "K8SECRETS_SECRET="+tc.secret)
 			cond, codes := s.jobOutcome(ctx, t, ns)
@@ -299,8 +299,12 @@ func TestInClusterFailedRolloutRolledBack(t *testing.T) {
 // versionsOf is versions without the Job's own pods, which come and go.
 func (s *suite) versionsOf(ctx context.Context, t *testing.T, ns string) string {
 	t.Helper()
+	return withoutJobPods(s.versions(ctx, t, ns))
+}
+
+func withoutJobPods(versions string) string {
 	var keep []string
-	for _, f := range strings.Fields(s.versions(ctx, t, ns)) {
+	for _, f := range strings.Fields(versions) {
 		if strings.HasPrefix(f, "pod/"+jobName+"-") {
 			continue
 		}
@@ -332,6 +336,8 @@ func TestInClusterRoleIsMinimal(t *testing.T) {
 	otherValue := s.createSecret(ctx, t, other, "db-creds")
 	secrets := [][]byte{value, unrelated, otherValue}
 	s.deployment(ctx, t, other, "web", "web", 1)
+	before := withoutJobPods(s.stableVersions(ctx, t, ns))
+	// No pod matches in its own namespace: the Job has nothing to do.
 	s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR=app=web", "K8SECRETS_SECRET=db-creds")
 
 	user, groups := s.asServiceAccount(ns)
@@ -397,13 +403,22 @@ func TestInClusterRoleIsMinimal(t *testing.T) {
 	if r.code != 3 || !strings.Contains(r.stderr, "forbidden") || !strings.Contains(r.stderr, "grant verb") || !strings.Contains(r.stderr, "get") {
 		t.Errorf("inject of a Secret the Role does not name: %s\nwant exit 3, forbidden, naming the verb get", r)
 	}
-	before := s.versions(ctx, t, other)
+	otherBefore := s.stableVersions(ctx, t, other)
 	r = s.job(ctx, t, kubeconfig, other, secrets, s.injectArgs("app=web", "db-creds", "--timeout", "30s")...)
 	if r.code == 0 || !strings.Contains(r.stderr, "forbidden") {
 		t.Errorf("inject in another namespace as the Job: %s\nwant a failure saying forbidden", r)
 	}
-	if after := s.versions(ctx, t, other); after != before {
-		t.Errorf("objects in %s changed:\nbefore %s\nafter  %s", other, before, after)
+	if after := s.versions(ctx, t, other); after != otherBefore {
+		t.Errorf("objects in %s changed:\nbefore %s\nafter  %s", other, otherBefore, after)
+	}
+
+	// The in-cluster Job itself: no matching pod, exit 0, nothing changed.
+	cond, codes := s.jobOutcome(ctx, t, ns)
+	if cond.Type != batchv1.JobComplete || codes[len(codes)-1] != 0 {
+		t.Errorf("job with no matching pod: condition %s (%s: %s), exit codes %v; want Complete after exit 0\n%s", cond.Type, cond.Reason, cond.Message, codes, s.jobLogs(ctx, ns))
+	}
+	if after := s.versionsOf(ctx, t, ns); after != before {
+		t.Errorf("objects in %s changed:\nbefore %s\nafter  %s", ns, before, after)
 	}
 }
 

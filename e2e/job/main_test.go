@@ -83,6 +83,14 @@ func setup(t *testing.T) *suite {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
+		// `make e2e` has loaded them; loading again (seconds) makes a direct
+		// `go test` run on images just built with `make images` right too.
+		switch err := c.LoadImages(ctx, s.jobImage(), s.agentImage()); {
+		case errors.Is(err, framework.ErrNotKind):
+		case err != nil:
+			setupErr = fmt.Errorf("%w; build them with `make images VERSION=%s`", err, s.tag)
+			return
+		}
 		if err := c.BuildTestApp(ctx); err != nil {
 			setupErr = err
 			return
@@ -498,6 +506,24 @@ func (s *suite) versions(ctx context.Context, t *testing.T, ns string) string {
 	}
 	sort.Strings(items)
 	return strings.Join(items, " ")
+}
+
+// stableVersions waits until versions gives the same answer twice, 2s
+// apart (controllers and the kubelet have finished writing status after the
+// last change), and returns it: a snapshot to compare with after a run.
+func (s *suite) stableVersions(ctx context.Context, t *testing.T, ns string) string {
+	t.Helper()
+	prev := s.versions(ctx, t, ns)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(2 * time.Second)
+		cur := s.versions(ctx, t, ns)
+		if cur == prev {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("objects in %s kept changing for 30s; last: %s", ns, prev)
+	return ""
 }
 
 func metas[L any](l *L, f func(*L) []metav1.Object) []metav1.Object {

@@ -39,7 +39,7 @@ func TestRunsThatChangeNothing(t *testing.T) {
 			ns := s.Namespace(t)
 			value := s.createSecret(ctx, t, ns, "db-creds")
 			s.deployment(ctx, t, ns, "web", "web", 1)
-			before := s.versions(ctx, t, ns)
+			before := s.stableVersions(ctx, t, ns)
 
 			r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs(tc.selector, tc.secret, "--timeout", "30s")...)
 			if r.code != tc.want {
@@ -100,7 +100,7 @@ func TestInjectRerunStatusRemove(t *testing.T) {
 	}
 
 	// Rerun: nothing written, nothing restarted.
-	before := s.versions(ctx, t, ns)
+	before := s.stableVersions(ctx, t, ns)
 	restarts := restartCounts(pods)
 	r = s.job(ctx, t, "", ns, secrets, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
 	if r.code != 0 {

@@ -142,7 +142,7 @@ func TestDryRunRejectionChangesNothing(t *testing.T) {
 		t.Fatalf("the policy never took effect: %v", err)
 	}
 
-	before := s.versions(ctx, t, ns)
+	before := s.stableVersions(ctx, t, ns)
 	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "60s")...)
 	if r.code != 4 {
 		t.Fatalf("inject: %s\nwant exit 4", r)
