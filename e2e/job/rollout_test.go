@@ -172,12 +172,13 @@ type podEvent struct {
 	injected bool
 }
 
-// podRecorder watches the pods matching a selector and records every
-// deletion and every pod becoming Ready, in order.
+// podRecorder watches the pods matching a selector and records, in order,
+// each pod's deletion and the first time it is seen Ready.
 type podRecorder struct {
-	mu     sync.Mutex
-	events []podEvent
-	seen   map[types.UID]string // what was last recorded for a pod
+	mu      sync.Mutex
+	events  []podEvent
+	ready   map[types.UID]bool // recorded Ready once
+	deleted map[types.UID]bool // recorded deleted once
 	// injected holds every pod seen with a Secret volume, by UID.
 	injected map[types.UID]string
 }
@@ -188,7 +189,7 @@ func (s *suite) recordPods(ctx context.Context, t *testing.T, ns, sel string) *p
 	if err != nil {
 		t.Fatalf("watch pods %s in %s: %v", sel, ns, err)
 	}
-	rec := &podRecorder{seen: map[types.UID]string{}, injected: map[types.UID]string{}}
+	rec := &podRecorder{ready: map[types.UID]bool{}, deleted: map[types.UID]bool{}, injected: map[types.UID]string{}}
 	stopped := make(chan struct{})
 	t.Cleanup(func() { w.Stop(); <-stopped })
 	go func() {
@@ -200,15 +201,18 @@ func (s *suite) recordPods(ctx context.Context, t *testing.T, ns, sel string) *p
 			}
 			e := podEvent{at: time.Now(), name: p.Name, uid: p.UID, revision: p.Labels[appsv1.ControllerRevisionHashLabelKey],
 				deleted: ev.Type == watch.Deleted || p.DeletionTimestamp != nil, ready: podReady(p), injected: len(secretVolumes(p)) > 0}
-			key := fmt.Sprintf("deleted=%t ready=%t", e.deleted, e.ready && !e.deleted)
 			rec.mu.Lock()
 			if e.injected {
 				rec.injected[p.UID] = p.Name
 			}
-			if rec.seen[p.UID] != key && (e.deleted && !strings.HasPrefix(rec.seen[p.UID], "deleted=true") || e.ready && !e.deleted) {
+			switch {
+			case e.deleted && !rec.deleted[p.UID]:
+				rec.deleted[p.UID] = true
+				rec.events = append(rec.events, e)
+			case !e.deleted && e.ready && !rec.ready[p.UID]:
+				rec.ready[p.UID] = true
 				rec.events = append(rec.events, e)
 			}
-			rec.seen[p.UID] = key
 			rec.mu.Unlock()
 		}
 	}()
