@@ -74,7 +74,7 @@ func main() {
 		defKubeconfig = filepath.Join(home, ".cache", "k8secrets", "kind-k8secrets.kubeconfig")
 	}
 	flag.StringVar(&o.kubeconfig, "kubeconfig", defKubeconfig, "kubeconfig of the cluster (default: $KIND_KUBECONFIG, else the kind cluster's of make cluster)")
-	flag.StringVar(&o.job, "job", "bin/k8secrets-job", "the k8secrets-job binary")
+	flag.StringVar(&o.job, "job", defaultJob(), "the k8secrets-job binary (default: $BIN/k8secrets-job, else bin/ of the repository)")
 	flag.StringVar(&o.tag, "tag", "", "tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster (required)")
 	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of the series with refresh")
 	flag.IntVar(&o.replicas, "replicas", 2, "replicas of the Deployment of the series with refresh; an update counts when every replica reloaded it")
@@ -90,6 +90,20 @@ func main() {
 		log.Error(err.Error())
 		os.Exit(1)
 	}
+}
+
+// defaultJob finds the k8secrets-job that make build wrote, from the
+// repository or from e2e/ (go -C e2e run).
+func defaultJob() string {
+	if d := os.Getenv("BIN"); d != "" {
+		return filepath.Join(d, "k8secrets-job")
+	}
+	for _, p := range []string{"bin/k8secrets-job", "../bin/k8secrets-job"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "bin/k8secrets-job"
 }
 
 // sample is one Secret update and how long it took to reach the app(s).
