@@ -156,18 +156,23 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 
 	var all []sample
 	start := time.Now()
+	load := map[string]string{}
+	l0 := loadAverage()
 	refreshed, err := b.withRefresh(ctx, o)
 	all = append(all, refreshed...)
 	if err != nil {
 		return err
 	}
+	load["refresh"] = l0 + " → " + loadAverage()
 	var periodic []sample
 	if !o.skipPeriodic {
+		l0 = loadAverage()
 		periodic, err = b.withoutRefresh(ctx, o)
 		all = append(all, periodic...)
 		if err != nil {
 			return err
 		}
+		load["periodic"] = l0 + " → " + loadAverage()
 	}
 	if o.out != "" {
 		j, _ := json.MarshalIndent(all, "", "  ")
@@ -176,12 +181,22 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	fmt.Printf("\nSecret update start → demo app reloaded (its own \"loaded\" time), kubelet syncFrequency %s, wall time %s\n", freq, time.Since(start).Round(time.Second))
-	fmt.Printf("%-34s %7s %8s %8s %8s %8s\n", "series", "samples", "min", "p50", "p95", "max")
-	fmt.Println(summary("with refresh (every replica)", refreshed))
+	fmt.Printf("%-34s %7s %8s %8s %8s %8s  %s\n", "series", "samples", "min", "p50", "p95", "max", "load average 1m (start → end)")
+	fmt.Println(summary("with refresh (every replica)", refreshed) + "  " + load["refresh"])
 	if !o.skipPeriodic {
-		fmt.Println(summary("without refresh", periodic))
+		fmt.Println(summary("without refresh", periodic) + "  " + load["periodic"])
 	}
 	return nil
+}
+
+// loadAverage is this machine's 1-minute load average: the figures depend
+// on how busy its cores are.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }
 
 // summary is a table row: nearest-rank percentiles of the samples.
