@@ -237,11 +237,12 @@ func TestKilledFailingRunRolledBackByRerun(t *testing.T) {
 
 // proxy forwards TCP connections to the API server until cut: then it
 // closes every connection and refuses new ones, as an unreachable API
-// server would.
+// server would, until resumed on the same address.
 type proxy struct {
-	ln     net.Listener
+	addr   string
 	target string
 	mu     sync.Mutex
+	ln     net.Listener
 	conns  []net.Conn
 	cut    bool
 }
@@ -252,15 +253,15 @@ func newProxy(t *testing.T, target string) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target}
-	go p.serve()
+	p := &proxy{addr: ln.Addr().String(), target: target, ln: ln}
+	go p.serve(ln)
 	t.Cleanup(p.Cut)
 	return p
 }
 
-func (p *proxy) serve() {
+func (p *proxy) serve(ln net.Listener) {
 	for {
-		c, err := p.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -293,6 +294,19 @@ func (p *proxy) Cut() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// Resume listens again on the same address.
+func (p *proxy) Resume(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", p.addr, err)
+	}
+	p.mu.Lock()
+	p.ln, p.cut = ln, false
+	p.mu.Unlock()
+	go p.serve(ln)
 }
 
 // kubeconfigVia writes a copy of the admin kubeconfig whose clusters are
@@ -337,14 +351,20 @@ func TestAPIServerUnreachableMidRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	px := newProxy(t, server.Host)
-	kubeconfig := s.kubeconfigVia(t, px.ln.Addr().String())
+	kubeconfig := s.kubeconfigVia(t, px.addr)
 
 	p := s.start(ctx, t, kubeconfig, ns, s.injectArgs("app=web", "db-creds", "--timeout", "20s")...)
 	s.newReplicaSet(ctx, t, ns, "db-creds")
 	px.Cut()
 	cutAt := time.Now()
 	r := p.wait(t, [][]byte{value})
-	t.Logf("the run ended %s after the cut", time.Since(cutAt).Round(time.Second))
+	took := time.Since(cutAt)
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	t.Logf("the run ended %s after the cut; its last log line: %s", took.Round(time.Second), lines[len(lines)-1])
+	// Its --timeout (20s) to notice, then at most a few retries.
+	if took > time.Minute {
+		t.Errorf("the run took %s to give up after the API server became unreachable; want about its --timeout (20s)", took.Round(time.Second))
+	}
 	if r.code != 1 {
 		// Say whether the rollout the run gave up on had failed at all.
 		verdict := "it did not become available either"
@@ -364,6 +384,49 @@ func TestAPIServerUnreachableMidRun(t *testing.T) {
 	}
 	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
 		t.Errorf("ReplicaSets %d -> %d; want one more: the cut run's rollout, finished, not another", rsBefore, n)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// The API server is unreachable for a few seconds in the middle of a
+// rollout, well within the run's timeout: the run carries on once it is
+// back (its watches reconnect), exits 0, and every pod mounts the Secret.
+func TestAPIServerBlipMidRun(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	s.deployment(ctx, t, ns, "web", "web", 2, minReady(5))
+	rsBefore := s.replicaSetCount(ctx, t, ns)
+
+	server, err := url.Parse(s.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newProxy(t, server.Host)
+	kubeconfig := s.kubeconfigVia(t, px.addr)
+
+	p := s.start(ctx, t, kubeconfig, ns, s.injectArgs("app=web", "db-creds", "--timeout", "90s")...)
+	s.newReplicaSet(ctx, t, ns, "db-creds")
+	px.Cut()
+	time.Sleep(5 * time.Second)
+	select {
+	case <-p.done:
+		t.Errorf("the run ended during a 5s outage")
+	default:
+	}
+	px.Resume(t)
+	if r := p.wait(t, [][]byte{value}); r.code != 0 {
+		t.Fatalf("run across a 5s outage of the API server: %s\nwant exit 0", r)
+	}
+	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
+		t.Errorf("ReplicaSets %d -> %d; want one more", rsBefore, n)
 	}
 	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
 		t.Fatal(err)
