@@ -4,6 +4,7 @@ package reload
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -312,6 +313,29 @@ func TestInvalidTLSRefused(t *testing.T) {
 			t.Error(err)
 		} else if n != 0 {
 			t.Errorf("after an update to %s: agent counts %v reloads; want 0", bad.name, n)
+		}
+	}
+
+	// The agent said why it did not reload, and logged none of the content.
+	logs, err := c.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: agentOf(&b.pod).Name}).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("logs of the agent in pod %s: %v", pod, err)
+	}
+	warned := false
+	for _, line := range strings.Split(string(logs), "\n") {
+		if strings.Contains(line, `"level":"WARN"`) && strings.Contains(line, mountPath(secret)) && strings.Contains(strings.ToLower(line), "invalid") {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("agent in pod %s logged no warning about the invalid content of %s", pod, mountPath(secret))
+	}
+	for _, pemData := range [][]byte{cert, key, otherCert, expiredCert, expiredKey} {
+		for _, l := range strings.Split(string(pemData), "\n") {
+			if len(l) >= 32 && !strings.HasPrefix(l, "-----") && strings.Contains(string(logs), l) {
+				t.Errorf("agent in pod %s logged TLS content of the Secret", pod)
+				break
+			}
 		}
 	}
 
