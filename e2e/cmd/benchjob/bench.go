@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -240,6 +241,9 @@ func (b *bench) exec(ctx context.Context, name, bin string, args ...string) (res
 	if _, err := os.Stat(gnuTime); err == nil {
 		cmd = exec.CommandContext(ctx, gnuTime, append([]string{"-f", "%M", "-o", rssFile, bin}, args...)...)
 	}
+	// The Go runtime's GC trace (in the log) says how much of the peak RSS
+	// is live heap.
+	cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	b.proxy.take()
 	start := time.Now()
@@ -289,6 +293,30 @@ func firstApply(logFile string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+var gcLine = regexp.MustCompile(`^gc \d+ .* (\d+)->(\d+)->(\d+) MB`)
+
+// heap reads the GC trace in a log: the largest heap at a GC's start and the
+// largest live heap after one, in MB.
+func heap(logFile string) (peak, live int) {
+	f, err := os.Open(logFile)
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		m := gcLine.FindStringSubmatch(s.Text())
+		if m == nil {
+			continue
+		}
+		start, _ := strconv.Atoi(m[1])
+		after, _ := strconv.Atoi(m[3])
+		peak, live = max(peak, start), max(live, after)
+	}
+	return peak, live
+}
+
 // results counts the Job's report entries by result.
 func results(outFile string) string {
 	data, err := os.ReadFile(outFile)
@@ -320,6 +348,8 @@ func (b *bench) measure(ctx context.Context) error {
 		b.printf("\n1. plan + server-side dry-run (inject --dry-run): %.1f s wall, peak RSS %.1f MiB, exit %d  [load %s]  target <= 20 s\n",
 			r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load)
 		b.printf("   report: %s\n", results(filepath.Join(b.o.Out, "dryrun.out")))
+		peak, live := heap(filepath.Join(b.o.Out, "dryrun.log"))
+		b.printf("   Go heap (gctrace): at most %d MB at a GC's start, %d MB live after one\n", peak, live)
 		t, total := table(r.Counts, n)
 		b.printf("   API requests: %d (%.2f per workload)\n%s", total, float64(total)/float64(n), t)
 		if err != nil {
@@ -338,6 +368,8 @@ func (b *bench) measure(ctx context.Context) error {
 		b.printf("\n2-4. inject (real run): %.1f s wall, peak RSS %.1f MiB, exit %d  [load %s -> %s]\n",
 			r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load, loadavg())
 		b.printf("   report: %s\n", results(filepath.Join(b.o.Out, "inject.out")))
+		peak, live := heap(filepath.Join(b.o.Out, "inject.log"))
+		b.printf("   Go heap (gctrace): at most %d MB at a GC's start, %d MB live after one\n", peak, live)
 		if t, ok := firstApply(filepath.Join(b.o.Out, "inject.log")); ok {
 			b.printf("   plan + dry-run %.1f s, then rollouts %.1f s (%.2f s per workload)\n",
 				t.Sub(start).Seconds(), r.Wall.Seconds()-t.Sub(start).Seconds(), (r.Wall.Seconds()-t.Sub(start).Seconds())/float64(n))

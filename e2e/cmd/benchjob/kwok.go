@@ -105,7 +105,7 @@ options:
   nodeLeaseDurationSeconds: 40
   nodeLeaseParallelism: 4
   nodePort: 10247
-  podPlayStageParallelism: 8
+  podPlayStageParallelism: 64
   nodePlayStageParallelism: 2
   enableCRDs: []
 `}
