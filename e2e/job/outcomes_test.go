@@ -90,6 +90,9 @@ func TestInjectRerunStatusRemove(t *testing.T) {
 		t.Errorf("injected pods by owner kind: %v; want 2 of the Deployment's ReplicaSet, 2 of the StatefulSet, %d of the DaemonSet", owners, nodes)
 	}
 	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	for _, p := range pods {
+		checkAgent(t, &p, "db-creds", 1000)
+	}
 	if b, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "bystander", metav1.GetOptions{}); err != nil || b.ResourceVersion != bystander.ResourceVersion {
 		t.Errorf("the unmatched deployment changed (or: %v)", err)
 	}
@@ -195,4 +198,36 @@ func restartCounts(pods []corev1.Pod) string {
 		b.WriteString("; ")
 	}
 	return b.String()
+}
+
+// checkAgent asserts the pod runs the reload agent for secret as a native
+// sidecar (an init container that keeps running), as the app's user uid,
+// watching the mount.
+func checkAgent(t *testing.T, p *corev1.Pod, secret string, uid int64) {
+	t.Helper()
+	name := "k8secrets-agent-" + secret
+	var agent *corev1.Container
+	for i := range p.Spec.InitContainers {
+		if p.Spec.InitContainers[i].Name == name {
+			agent = &p.Spec.InitContainers[i]
+		}
+	}
+	if agent == nil {
+		t.Errorf("pod %s has no init container %s", p.Name, name)
+		return
+	}
+	if agent.RestartPolicy == nil || *agent.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("pod %s: %s is not a native sidecar (restartPolicy %v)", p.Name, name, agent.RestartPolicy)
+	}
+	if sc := agent.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != uid {
+		t.Errorf("pod %s: %s does not run as the app's user %d (securityContext %+v)", p.Name, name, uid, sc)
+	}
+	if !strings.Contains(strings.Join(agent.Args, " "), "--watch="+mountDir+"/"+secret) {
+		t.Errorf("pod %s: %s args %q do not watch %s/%s", p.Name, name, agent.Args, mountDir, secret)
+	}
+	for _, cs := range p.Status.InitContainerStatuses {
+		if cs.Name == name && (cs.State.Running == nil || cs.Started == nil || !*cs.Started) {
+			t.Errorf("pod %s: %s is not running (state %+v)", p.Name, name, cs.State)
+		}
+	}
 }
