@@ -362,7 +362,7 @@ func (j *job) refresh(ctx context.Context) error {
 		AgentName: plan.AgentName(plan.ID(j.cfg.Secret)), Settle: j.cfg.Settle,
 	}, j.log)
 	for _, r := range res {
-		e := record.Entry{Kind: "Pod", Namespace: j.cfg.Namespace, Name: r.Pod, Result: "refreshed", Detail: r.Detail, Secret: j.cfg.Secret}
+		e := record.Entry{Kind: "Pod", Namespace: j.cfg.Namespace, Name: r.Pod, Pods: 1, Result: "refreshed", Detail: r.Detail, Secret: j.cfg.Secret}
 		if r.Restarted {
 			e.Result = "refreshed, restarted"
 		}
