@@ -58,6 +58,47 @@ func TestFailedRolloutRollsBack(t *testing.T) {
 	}
 }
 
+// The same on a DaemonSet, whose controller replaces each node's pod
+// (maxUnavailable 1): the pod of the failed revision never becomes Ready,
+// the template is restored exactly, and every node runs a Ready pod of the
+// old revision again.
+func TestDaemonSetFailedRolloutRollsBack(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	orig := s.daemonSet(ctx, t, ns, "agent", "node-agent")
+	nodes := int(orig.Status.DesiredNumberScheduled)
+	rec := s.recordPods(ctx, t, ns, "app=node-agent")
+
+	r := s.job(ctx, t, "", ns, [][]byte{value}, "inject", "-l", "app=node-agent", "--secret", "db-creds",
+		"--agent-image", missingImage, "--timeout", "15s")
+	if r.code != 5 {
+		t.Fatalf("inject with an agent image that does not exist: %s\nwant exit 5", r)
+	}
+	ds, err := s.Client.AppsV1().DaemonSets(ns).Get(ctx, "agent", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(ds.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback daemonset/agent's template is\n%+v\nwant the one before\n%+v", ds.Spec.Template, orig.Spec.Template)
+	}
+	s.waitDaemonSet(ctx, t, ns, "agent")
+	pods := s.settledPods(ctx, t, ns, "app=node-agent", nodes, "db-creds", false)
+	rec.mu.Lock()
+	bad := rec.injected
+	rec.mu.Unlock()
+	if len(bad) == 0 {
+		t.Errorf("no pod of the failed revision was ever created: the test did not exercise a rollback")
+	}
+	for _, p := range pods {
+		if _, ok := bad[p.UID]; ok {
+			t.Errorf("pod %s of the failed revision is still there", p.Name)
+		}
+	}
+}
+
 // replicaSetsWithSecret counts the ReplicaSets whose template mounts
 // secret; it fails the test if one of them still has replicas.
 func (s *suite) replicaSetsWithSecret(ctx context.Context, t *testing.T, ns, secret string) int {
