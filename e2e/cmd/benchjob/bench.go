@@ -295,8 +295,8 @@ func firstApply(logFile string) (time.Time, bool) {
 
 var gcLine = regexp.MustCompile(`^gc \d+ .* (\d+)->(\d+)->(\d+) MB`)
 
-// heap reads the GC trace in a log: the largest heap at a GC's start and the
-// largest live heap after one, in MB.
+// heap reads the GC trace in a log ("gc N ... start->end->live MB"): the
+// largest heap a GC saw and the largest live heap after one, in MB.
 func heap(logFile string) (peak, live int) {
 	f, err := os.Open(logFile)
 	if err != nil {
@@ -311,8 +311,9 @@ func heap(logFile string) (peak, live int) {
 			continue
 		}
 		start, _ := strconv.Atoi(m[1])
+		end, _ := strconv.Atoi(m[2])
 		after, _ := strconv.Atoi(m[3])
-		peak, live = max(peak, start), max(live, after)
+		peak, live = max(peak, start, end), max(live, after)
 	}
 	return peak, live
 }
@@ -349,7 +350,7 @@ func (b *bench) measure(ctx context.Context) error {
 			r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load)
 		b.printf("   report: %s\n", results(filepath.Join(b.o.Out, "dryrun.out")))
 		peak, live := heap(filepath.Join(b.o.Out, "dryrun.log"))
-		b.printf("   Go heap (gctrace): at most %d MB at a GC's start, %d MB live after one\n", peak, live)
+		b.printf("   Go heap (gctrace): heap at most %d MB, at most %d MB live after a GC\n", peak, live)
 		t, total := table(r.Counts, n)
 		b.printf("   API requests: %d (%.2f per workload)\n%s", total, float64(total)/float64(n), t)
 		if err != nil {
@@ -369,7 +370,7 @@ func (b *bench) measure(ctx context.Context) error {
 			r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load, loadavg())
 		b.printf("   report: %s\n", results(filepath.Join(b.o.Out, "inject.out")))
 		peak, live := heap(filepath.Join(b.o.Out, "inject.log"))
-		b.printf("   Go heap (gctrace): at most %d MB at a GC's start, %d MB live after one\n", peak, live)
+		b.printf("   Go heap (gctrace): heap at most %d MB, at most %d MB live after a GC\n", peak, live)
 		if t, ok := firstApply(filepath.Join(b.o.Out, "inject.log")); ok {
 			b.printf("   plan + dry-run %.1f s, then rollouts %.1f s (%.2f s per workload)\n",
 				t.Sub(start).Seconds(), r.Wall.Seconds()-t.Sub(start).Seconds(), (r.Wall.Seconds()-t.Sub(start).Seconds())/float64(n))
@@ -425,6 +426,7 @@ func (b *bench) kubectlSequence(ctx context.Context) error {
 		for k, t := range m {
 			a := all[k]
 			a.N += t.N
+			a.Busy += t.Busy
 			all[k] = a
 		}
 	}

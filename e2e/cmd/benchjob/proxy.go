@@ -34,6 +34,9 @@ type counter struct {
 type tally struct {
 	N           int
 	First, Last time.Time
+	// Busy is the time the API server took, summed (for a watch: how long
+	// it stayed open).
+	Busy time.Duration
 }
 
 func newCounter(upstream *rest.Config) (*counter, error) {
@@ -60,15 +63,16 @@ func newCounter(upstream *rest.Config) (*counter, error) {
 	}
 	c.url = "http://" + ln.Addr().String()
 	c.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c.count(classify(r))
+		key, start := classify(r), time.Now()
+		c.count(key, start)
 		rp.ServeHTTP(w, r)
+		c.done(key, time.Since(start))
 	})}
 	go c.srv.Serve(ln)
 	return c, nil
 }
 
-func (c *counter) count(key string) {
-	now := time.Now()
+func (c *counter) count(key string, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.counts[key]
@@ -78,6 +82,14 @@ func (c *counter) count(key string) {
 	}
 	t.N++
 	t.Last = now
+}
+
+func (c *counter) done(key string, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.counts[key]; t != nil {
+		t.Busy += d
+	}
 }
 
 // take returns the counts so far and starts again from zero.
@@ -165,8 +177,8 @@ func classify(r *http.Request) string {
 	return verb + " " + resource
 }
 
-// table renders counts as "count  per-workload  rate  verb resource",
-// largest first.
+// table renders counts as "count  per-workload  rate  mean latency  verb
+// resource", largest first.
 func table(counts map[string]tally, n int) (string, int) {
 	keys := make([]string, 0, len(counts))
 	total := 0
@@ -181,15 +193,19 @@ func table(counts map[string]tally, n int) (string, int) {
 		return keys[i] < keys[j]
 	})
 	var b strings.Builder
-	fmt.Fprintf(&b, "    %7s %9s %10s  %s\n", "count", "per wl", "req/s", "request")
+	fmt.Fprintf(&b, "    %7s %9s %10s %10s  %s\n", "count", "per wl", "req/s", "mean ms", "request")
 	for _, k := range keys {
 		t := counts[k]
 		rate := "-"
 		if d := t.Last.Sub(t.First).Seconds(); t.N > 1 && d > 0 {
 			rate = fmt.Sprintf("%.1f", float64(t.N-1)/d)
 		}
-		fmt.Fprintf(&b, "    %7d %9.3f %10s  %s\n", t.N, float64(t.N)/float64(n), rate, k)
+		mean := "-"
+		if t.Busy > 0 && !strings.HasPrefix(k, "watch ") {
+			mean = fmt.Sprintf("%.1f", float64(t.Busy.Microseconds())/1000/float64(t.N))
+		}
+		fmt.Fprintf(&b, "    %7d %9.3f %10s %10s  %s\n", t.N, float64(t.N)/float64(n), rate, mean, k)
 	}
-	fmt.Fprintf(&b, "    %7d %9.3f %10s  total\n", total, float64(total)/float64(n), "")
+	fmt.Fprintf(&b, "    %7d %9.3f %10s %10s  total\n", total, float64(total)/float64(n), "", "")
 	return b.String(), total
 }
