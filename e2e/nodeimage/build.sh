@@ -66,30 +66,36 @@ packages=(systemd systemd-sysv dbus iptables iproute2 ca-certificates mount conn
 key=$(printf '%s\n' "$suite" "${packages[@]}" | sha256sum | cut -c1-12)
 rootfs=$CACHE_DIR/node-rootfs-$suite-$key
 rootfs_image=k8secrets/node-rootfs:$suite-$key
-if [[ ! -f $rootfs/.complete ]]; then
+build_rootfs() {
+	[[ -f $rootfs/.complete ]] && return 0
 	# The machine's own apt source: no mirror is named here.
+	local mirror t
 	mirror=${DEBIAN_MIRROR:-$(sed -n 's/^URIs:[[:space:]]*\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)}
 	[[ -n $mirror ]] || mirror=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-	[[ -n $mirror ]] || { log "no Debian mirror found in /etc/apt; set DEBIAN_MIRROR"; exit 1; }
-	log "debootstrap $suite into $rootfs"
+	[[ -n $mirror ]] || { log "no Debian mirror found in /etc/apt; set DEBIAN_MIRROR"; return 1; }
+	log "debootstrap $suite into $rootfs (log: $CACHE_DIR/debootstrap.log)"
 	rm -rf "$rootfs"
 	t=$SECONDS
 	debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" "$suite" "$rootfs" "$mirror" >"$CACHE_DIR/debootstrap.log" 2>&1 ||
-		{ tail -n 20 "$CACHE_DIR/debootstrap.log" >&2; exit 1; }
+		{ tail -n 20 "$CACHE_DIR/debootstrap.log" >&2; return 1; }
 	chroot "$rootfs" apt-get clean
 	rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
 	touch "$rootfs/.complete"
 	log "root filesystem in $((SECONDS - t))s"
-fi
+}
+
+# debootstrap waits on the network and the disk, the compiler on the CPU: on
+# a fresh machine they run side by side.
+mkdir -p "$CACHE_DIR"
+build_rootfs &
+rootfs_pid=$!
+"$root/hack/kube-binaries.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy \
+	kubelet kubectl kubeadm etcd coredns crictl || { kill "$rootfs_pid" 2>/dev/null; exit 1; }
+wait "$rootfs_pid" || { log "root filesystem failed"; exit 1; }
 if ! docker image inspect "$rootfs_image" >/dev/null 2>&1; then
 	log "importing $rootfs_image"
 	tar -C "$rootfs" --exclude=./.complete -c . | docker import - "$rootfs_image" >/dev/null
 fi
-
-# After the root filesystem: debootstrap waits on the network, the compiler on
-# the CPU, and a concurrent `make test-assets` holds the binaries' lock.
-"$root/hack/kube-binaries.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy \
-	kubelet kubectl kubeadm etcd coredns crictl
 
 work=$(mktemp -d "$CACHE_DIR/node-image-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
