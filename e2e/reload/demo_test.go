@@ -115,7 +115,8 @@ func jobBinary(t *testing.T) string {
 			return
 		}
 		job.path = filepath.Join(job.tmp, "k8secrets-job")
-		cmd := exec.Command("go", "build", "-o", job.path, "./job")
+		// The flags of make build, so that its build cache serves.
+		cmd := exec.Command("go", "build", "-trimpath", "-o", job.path, "./job")
 		cmd.Dir = filepath.Join("..", "..")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -27,4 +27,10 @@ import (
 	"github.com/k8secrets/k8secrets/e2e/framework"
 )
 
-func TestMain(m *testing.M) { os.Exit(framework.Main(m)) }
+func TestMain(m *testing.M) {
+	code := framework.Main(m)
+	if job.tmp != "" {
+		os.RemoveAll(job.tmp)
+	}
+	os.Exit(code)
+}

@@ -98,6 +98,7 @@ func checkReloadedInPlace(ctx context.Context, t *testing.T, c *framework.Cluste
 func TestInjectSignalReloadRemove(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -177,6 +178,7 @@ func TestInjectSignalReloadRemove(t *testing.T) {
 func TestHTTPReload(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -209,6 +211,7 @@ func TestHTTPReload(t *testing.T) {
 func TestRestartReload(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -263,6 +266,7 @@ func TestRestartReload(t *testing.T) {
 func TestInvalidTLSRefused(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -355,6 +359,7 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 	}
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -395,6 +400,7 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 func TestRestartRefreshOneAtATime(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
@@ -468,6 +474,7 @@ func TestRestartRefreshOneAtATime(t *testing.T) {
 func TestRefreshDeliversAtOnce(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
+	jobBinary(t) // built at most once, before the test's clock starts
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
