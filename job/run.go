@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/pmezard/go-difflib/difflib"
 	corev1 "k8s.io/api/core/v1"
@@ -154,8 +155,12 @@ func (j *job) change(ctx context.Context) error {
 			return hint(err)
 		}
 		defer func() {
-			if err := l.Release(context.WithoutCancel(ctx)); err != nil {
-				j.log.Warn("release lock", "error", err)
+			// Bounded: with the API server gone, an unanswered request would
+			// keep the process alive; the lease then expires by itself.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := l.Release(rctx); err != nil {
+				j.log.Warn("release lock; it expires by itself", "error", err, "after", lock.Duration)
 			}
 		}()
 	}
