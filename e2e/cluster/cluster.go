@@ -62,6 +62,9 @@ type Options struct {
 	// 1m, plus up to 50% jitter). Tests that measure what users get leave
 	// it zero.
 	SyncFrequency time.Duration
+	// KubeadmPatches are appended to the cluster's own kubeadm config
+	// patches (kind merges each into the kubeadm document of the same kind).
+	KubeadmPatches []string
 	// Logger receives kind's progress and ours.
 	Logger *slog.Logger
 }
@@ -412,7 +415,7 @@ func config(o Options, image string) *kindv1alpha4.Cluster {
 		Networking: kindv1alpha4.Networking{
 			DisableDefaultCNI: !isStock(image),
 		},
-		KubeadmConfigPatches: []string{kubelet},
+		KubeadmConfigPatches: append([]string{kubelet}, o.KubeadmPatches...),
 	}
 	return c
 }

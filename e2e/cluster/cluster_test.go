@@ -62,12 +62,12 @@ func TestReadiness(t *testing.T) {
 }
 
 func TestConfig(t *testing.T) {
-	c := config(Options{SyncFrequency: 5 * time.Second}, "k8secrets/node:v1.37.2")
+	c := config(Options{SyncFrequency: 5 * time.Second, KubeadmPatches: []string{"kind: ClusterConfiguration\n"}}, "k8secrets/node:v1.37.2")
 	if !c.Networking.DisableDefaultCNI {
 		t.Error("offline node image: DisableDefaultCNI = false; want true (kindnetd cannot be pulled)")
 	}
 	patch := strings.Join(c.KubeadmConfigPatches, "\n")
-	for _, want := range []string{"kind: KubeletConfiguration", "failCgroupV1: false", "syncFrequency: 5s"} {
+	for _, want := range []string{"kind: KubeletConfiguration", "failCgroupV1: false", "syncFrequency: 5s", "kind: ClusterConfiguration"} {
 		if !strings.Contains(patch, want) {
 			t.Errorf("kubeadm patches %q lack %q", patch, want)
 		}
