@@ -68,6 +68,10 @@ bench-agent: ## Measure the stripped agent: swap-to-reload latency, burst reload
 	$(GO) run ./agent/cmd/bench -binary $(BIN)/k8secrets-agent
 
 BENCH_N ?= 1000
+.PHONY: bench-propagation
+bench-propagation: cluster images load-images ## Secret update -> app reload on the kind cluster (default kubelet sync), with and without refresh: p50/p95/max.
+	$(GO) -C e2e run ./cmd/propagation -tag $(VERSION) -job $(BIN)/k8secrets-job -kubeconfig $(KIND_KUBECONFIG)
+
 .PHONY: bench-job
 bench-job: build node-image test-assets ## Scale benchmark of the Job: BENCH_N Deployments x 10 pods on kwok nodes in a kind cluster of its own (k8secrets-bench, deleted after).
 	$(GO) -C e2e run ./cmd/benchjob -n $(BENCH_N) -job $(BIN)/k8secrets-job -kubectl $(KUBE_BIN)/kubectl -node-image $(NODE_IMAGE) $(BENCH_ARGS)
