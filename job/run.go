@@ -132,20 +132,23 @@ func (j *job) change(ctx context.Context) error {
 		return err
 	}
 	r := &rollout.Roller{Client: j.client, Cache: c, Timeout: cfg.Timeout, Log: j.log}
-	dry, err := r.DryRun(ctx, changes)
-	if err != nil {
+	var each func(int, runtime.Object)
+	if cfg.DryRun {
+		// Render each diff as its answer arrives rather than keeping a
+		// thousand objects for the end.
+		each = func(i int, obj runtime.Object) {
+			e := &j.report.Workloads[i]
+			e.Result = record.WouldChange
+			e.Diff = diff(changes[i].Workload.Template(), workload.Template(obj))
+		}
+	}
+	if err := r.DryRun(ctx, changes, each); err != nil {
 		for i := range j.report.Workloads {
 			j.report.Workloads[i].Result = record.Rejected
 		}
 		return fmt.Errorf("nothing was changed: %w", err)
 	}
 	if cfg.DryRun {
-		for i, ch := range changes {
-			if ch.Skip == "" {
-				j.report.Workloads[i].Result = record.WouldChange
-				j.report.Workloads[i].Diff = diff(ch.Workload.Template(), workload.Template(dry[i]))
-			}
-		}
 		return nil
 	}
 

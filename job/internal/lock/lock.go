@@ -32,6 +32,9 @@ type Lock struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	log       *slog.Logger
+	// lease is the Lease as last written: renewing updates it directly,
+	// one request per renewal.
+	lease *coordinationv1.Lease
 }
 
 // Acquire takes the Lease name in namespace for holder, or returns ErrHeld
@@ -47,7 +50,7 @@ func Acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 		AcquireTime:          &now,
 		RenewTime:            &now,
 	}
-	_, err := leases.Create(ctx, &coordinationv1.Lease{
+	lease, err := leases.Create(ctx, &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec:       spec,
 	}, metav1.CreateOptions{FieldManager: "k8secrets"})
@@ -61,7 +64,7 @@ func Acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 				ErrHeld, namespace, name, ptr.Deref(cur.Spec.HolderIdentity, "?"), time.Since(cur.Spec.RenewTime.Time).Round(time.Second))
 		}
 		cur.Spec = spec
-		_, err = leases.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "k8secrets"})
+		lease, err = leases.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "k8secrets"})
 		if apierrors.IsConflict(err) {
 			return nil, fmt.Errorf("%w: lease %s/%s was taken over by another run just now", ErrHeld, namespace, name)
 		}
@@ -70,7 +73,7 @@ func Acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 		return nil, fmt.Errorf("take lease %s/%s: %w", namespace, name, err)
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	l := &Lock{client: client, namespace: namespace, name: name, holder: holder, cancel: cancel, done: make(chan struct{}), log: log}
+	l := &Lock{client: client, namespace: namespace, name: name, holder: holder, cancel: cancel, done: make(chan struct{}), log: log, lease: lease}
 	go l.renew(rctx)
 	return l, nil
 }
@@ -93,14 +96,23 @@ func (l *Lock) renew(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		cur, err := leases.Get(ctx, l.name, metav1.GetOptions{})
-		if err == nil {
-			if ptr.Deref(cur.Spec.HolderIdentity, "") != l.holder {
+		next := l.lease.DeepCopy()
+		next.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
+		updated, err := leases.Update(ctx, next, metav1.UpdateOptions{FieldManager: "k8secrets"})
+		if apierrors.IsConflict(err) {
+			// Someone else wrote it: still ours? Then renew on top.
+			cur, gerr := leases.Get(ctx, l.name, metav1.GetOptions{})
+			if gerr == nil && ptr.Deref(cur.Spec.HolderIdentity, "") != l.holder {
 				l.log.Error("lease taken over by another run", "namespace", l.namespace, "name", l.name, "holder", ptr.Deref(cur.Spec.HolderIdentity, ""))
 				return
 			}
-			cur.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
-			_, err = leases.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "k8secrets"})
+			if gerr == nil {
+				cur.Spec.RenewTime = next.Spec.RenewTime
+				updated, err = leases.Update(ctx, cur, metav1.UpdateOptions{FieldManager: "k8secrets"})
+			}
+		}
+		if err == nil {
+			l.lease = updated
 		}
 		if err != nil && ctx.Err() == nil {
 			l.log.Warn("renew lease", "namespace", l.namespace, "name", l.name, "error", err)
