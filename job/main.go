@@ -42,7 +42,7 @@ func mainE() int {
 	// client-go's default 5 QPS would make the dry-run of a thousand
 	// workloads take 200 s; the API server's priority and fairness is what
 	// should bound a well-behaved client, not a client-side throttle.
-	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, UserAgent: "k8secrets-job", QPS: 50, Burst: 100})
+	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, UserAgent: "k8secrets-job", QPS: 100, Burst: 200})
 	if err != nil {
 		log.Error(err.Error())
 		return 1
