@@ -95,6 +95,21 @@ func checkReloadedInPlace(ctx context.Context, t *testing.T, c *framework.Cluste
 // StatefulSet and a DaemonSet of the demo app in signal mode, updates the
 // Secret and refreshes: every app reloads the new version in place. Then
 // remove restores the workloads' pod templates as they were.
+// web is the Deployment most tests inject into.
+var web = workload{"Deployment", "web"}
+
+// injectedWeb creates the Secret (of type typ, with data) and the demo app
+// Deployment "web" with replicas pods, waits for it, injects the Secret with
+// the reload spec, and returns the injected pods as first seen.
+func injectedWeb(ctx context.Context, t *testing.T, c *framework.Cluster, ns, secret string, typ corev1.SecretType, data map[string][]byte, replicas int, reload string) []seen {
+	t.Helper()
+	createSecret(ctx, t, c, ns, secret, typ, data)
+	createWorkload(ctx, t, c, ns, web, int32(replicas), secret)
+	waitRolledOut(ctx, t, c, ns, web, replicas)
+	inject(ctx, t, c, ns, secret, reload)
+	return injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{web: replicas})
+}
+
 func TestInjectSignalReloadRemove(t *testing.T) {
 	t.Parallel()
 	c := framework.Get(t)
@@ -183,14 +198,8 @@ func TestHTTPReload(t *testing.T) {
 	defer cancel()
 	ns := c.Namespace(t)
 	const secret = "demo-secret"
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
-	ws := map[workload]int{{"Deployment", "web"}: 1}
-	createWorkload(ctx, t, c, ns, workload{"Deployment", "web"}, 1, secret)
-	waitRolledOut(ctx, t, c, ns, workload{"Deployment", "web"}, 1)
-
 	const reload = "http:http://127.0.0.1:8080/-/reload"
-	inject(ctx, t, c, ns, secret, reload)
-	before := injectedPods(ctx, t, c, ns, secret, reload, "v1", ws)
+	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
 
 	updateSecret(ctx, t, c, ns, secret, opaque("v2"))
 	refresh(ctx, t, c, ns, secret)
@@ -216,14 +225,8 @@ func TestRestartReload(t *testing.T) {
 	defer cancel()
 	ns := c.Namespace(t)
 	const secret = "demo-secret"
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
-	w := workload{"Deployment", "web"}
-	createWorkload(ctx, t, c, ns, w, 1, secret)
-	waitRolledOut(ctx, t, c, ns, w, 1)
-
 	const reload = "restart"
-	inject(ctx, t, c, ns, secret, reload)
-	before := injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{w: 1})
+	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
 	b := before[0]
 	agent := agentOf(&b.pod).Name
 	agentRestarts := restarts(&b.pod, agent)
@@ -273,14 +276,8 @@ func TestInvalidTLSRefused(t *testing.T) {
 	const secret = "demo-tls"
 	now := time.Now()
 	cert, key := tlsPair(t, now.Add(-time.Hour), now.Add(24*time.Hour))
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeTLS, tlsData("v1", cert, key))
-	w := workload{"Deployment", "web"}
-	createWorkload(ctx, t, c, ns, w, 1, secret)
-	waitRolledOut(ctx, t, c, ns, w, 1)
-
 	const reload = "signal:SIGHUP"
-	inject(ctx, t, c, ns, secret, reload)
-	b := injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{w: 1})[0]
+	b := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeTLS, tlsData("v1", cert, key), 1, reload)[0]
 	pod := b.pod.Name
 	const invalid = "k8secrets_agent_invalid_content_total"
 	refused, err := agentMetric(ctx, c, ns, pod, invalid)
@@ -364,13 +361,8 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 	defer cancel()
 	ns := c.Namespace(t)
 	const secret = "demo-secret"
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
-	w := workload{"Deployment", "web"}
-	createWorkload(ctx, t, c, ns, w, 1, secret)
-	waitRolledOut(ctx, t, c, ns, w, 1)
 	const reload = "signal:SIGHUP"
-	inject(ctx, t, c, ns, secret, reload)
-	before := injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{w: 1})
+	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
 
 	// Any change to the pod, its own status included, makes the kubelet
 	// resync it and rewrite its volumes: in the seconds after it became
@@ -405,13 +397,7 @@ func TestRestartRefreshOneAtATime(t *testing.T) {
 	defer cancel()
 	ns := c.Namespace(t)
 	const secret = "demo-secret"
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
-	w := workload{"Deployment", "web"}
-	createWorkload(ctx, t, c, ns, w, 2, secret)
-	waitRolledOut(ctx, t, c, ns, w, 2)
-
-	inject(ctx, t, c, ns, secret, "restart")
-	before := injectedPods(ctx, t, c, ns, secret, "restart", "v1", map[workload]int{w: 2})
+	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 2, "restart")
 
 	updateSecret(ctx, t, c, ns, secret, opaque("v2"))
 	refresh(ctx, t, c, ns, secret)
@@ -479,13 +465,8 @@ func TestRefreshDeliversAtOnce(t *testing.T) {
 	defer cancel()
 	ns := c.Namespace(t)
 	const secret = "demo-secret"
-	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
-	w := workload{"Deployment", "web"}
-	createWorkload(ctx, t, c, ns, w, 2, secret)
-	waitRolledOut(ctx, t, c, ns, w, 2)
 	const reload = "signal:SIGHUP"
-	inject(ctx, t, c, ns, secret, reload)
-	before := injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{w: 2})
+	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 2, reload)
 	time.Sleep(15 * time.Second)
 
 	const bound = 5 * time.Second
