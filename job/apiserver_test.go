@@ -42,6 +42,7 @@ import (
 	"github.com/k8secrets/k8secrets/job/internal/lock"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 	"github.com/k8secrets/k8secrets/job/internal/record"
+	"github.com/k8secrets/k8secrets/job/internal/rollout"
 )
 
 func TestMain(m *testing.M) { os.Exit(apitest.Main(m, apitest.WithControllerManager())) }
@@ -857,5 +858,122 @@ func (p *cutProxy) Cut() {
 	p.ln.Close()
 	for _, c := range p.conns {
 		c.Close()
+	}
+}
+
+// --max-parallel 2 rolls out two workloads at a time, never more, as seen in
+// the Deployments themselves: a watch counts the Deployments whose new
+// generation is written but not yet rolled out.
+func TestAPIMaxParallel(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	names := []string{"w1", "w2", "w3", "w4"}
+	gen := map[string]int64{}
+	for _, n := range names {
+		gen[n] = cl.deployment(n, n, 2).Generation
+	}
+	l, err := cl.c.AppsV1().Deployments(cl.ns).List(cl.ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := cl.c.AppsV1().Deployments(cl.ns).Watch(cl.ctx, metav1.ListOptions{ResourceVersion: l.ResourceVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	type counts struct{ inFlight, maxInFlight, done int }
+	seen := make(chan counts, 100)
+	go func() {
+		state := map[string]string{} // "" before, "rolling", "done"
+		var c counts
+		for ev := range w.ResultChan() {
+			d, ok := ev.Object.(*appsv1.Deployment)
+			if !ok || d.Generation == gen[d.Name] || state[d.Name] == "done" {
+				continue
+			}
+			if state[d.Name] == "" {
+				state[d.Name] = "rolling"
+				c.inFlight++
+				c.maxInFlight = max(c.maxInFlight, c.inFlight)
+			}
+			if _, done, _ := rollout.Status(d); done {
+				state[d.Name] = "done"
+				c.inFlight--
+				c.done++
+			}
+			seen <- c
+		}
+	}()
+
+	r := cl.job(injectArgs("app in (w1,w2,w3,w4)", "db-creds", "--max-parallel", "2")...)
+	if r.code != 0 {
+		t.Fatalf("inject: exit %d (%v)\n%s", r.code, r.err, r.logs)
+	}
+	var c counts
+	for c.done < len(names) {
+		select {
+		case c = <-seen:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("watch saw %d of %d rollouts finish", c.done, len(names))
+		}
+	}
+	if c.maxInFlight != 2 {
+		t.Errorf("at most %d deployments rolled out at once; want 2 (--max-parallel 2)", c.maxInFlight)
+	}
+	for _, n := range names {
+		d := cl.waitDeployment(n)
+		if v := d.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret == nil || v[0].Secret.SecretName != "db-creds" {
+			t.Errorf("deployment %s volumes = %+v; want the db-creds secret volume", n, v)
+		}
+	}
+}
+
+// With --max-parallel 2, two rollouts that fail together are each rolled
+// back, and the workloads after them are not touched.
+func TestAPIMaxParallelFailure(t *testing.T) {
+	cl := newCluster(t, func(p *corev1.Pod) bool {
+		return hasInjectedVolume(p) && (p.Labels["app"] == "w1" || p.Labels["app"] == "w2")
+	})
+	cl.secret("db-creds")
+	orig := map[string]*appsv1.Deployment{}
+	for _, n := range []string{"w1", "w2", "w3", "w4"} {
+		orig[n] = cl.deployment(n, n, 2)
+	}
+	r := cl.job(injectArgs("app in (w1,w2,w3,w4)", "db-creds", "--max-parallel", "2", "--timeout", "8s")...)
+	if r.code != 5 {
+		t.Fatalf("inject: exit %d (%v); want 5", r.code, r.err)
+	}
+	for _, n := range []string{"w1", "w2"} {
+		d := cl.waitDeployment(n)
+		if !equality.Semantic.DeepEqual(d.Spec.Template, orig[n].Spec.Template) {
+			t.Errorf("%s: after rollback the template is\n%+v\nwant\n%+v", n, d.Spec.Template, orig[n].Spec.Template)
+		}
+		if !strings.Contains(errString(r.err), "Deployment "+cl.ns+"/"+n) {
+			t.Errorf("error does not name %s: %v", n, r.err)
+		}
+	}
+	for _, n := range []string{"w3", "w4"} {
+		d, err := cl.c.AppsV1().Deployments(cl.ns).Get(cl.ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Generation != orig[n].Generation || d.ResourceVersion != orig[n].ResourceVersion {
+			t.Errorf("%s changed (generation %d -> %d); want it not reached", n, orig[n].Generation, d.Generation)
+		}
+	}
+	failed := cl.events("RolloutFailed")
+	sort.Strings(failed)
+	if strings.Join(failed, ",") != "Deployment/w1,Deployment/w2" {
+		t.Errorf("RolloutFailed events on %v; want w1 and w2", failed)
+	}
+	want := map[string]string{"w1": "rolled back", "w2": "rolled back", "w3": "not reached", "w4": "not reached"}
+	for _, line := range strings.Split(r.out, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && want[f[2]] != "" && strings.Contains(line, want[f[2]]) {
+			delete(want, f[2])
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("report lacks %v:\n%s", want, r.out)
 	}
 }

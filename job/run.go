@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pmezard/go-difflib/difflib"
@@ -89,7 +91,7 @@ func run(ctx context.Context, cfg config.Config, client kubernetes.Interface, ns
 	return j.report, err
 }
 
-// change runs inject or remove: plan, dry-run, then roll out one by one.
+// change runs inject or remove: plan, dry-run, then roll out.
 func (j *job) change(ctx context.Context) error {
 	cfg := j.cfg
 	if cfg.Command == config.Inject {
@@ -236,52 +238,81 @@ func entry(w workload.Workload, result, detail string) record.Entry {
 	return record.Entry{Kind: string(w.Kind()), Namespace: w.Namespace(), Name: w.Name(), Pods: w.Pods, Result: result, Detail: detail}
 }
 
-// roll applies the changes one workload at a time and stops at the first
-// failure, which it has rolled back.
+// roll applies the changes, up to cfg.MaxParallel workloads at a time (one
+// by default), each waited for and, if it fails, rolled back on its own. The
+// first failure stops new rollouts from starting; those in flight finish
+// (or are rolled back) before roll returns every failure, in plan order.
 func (j *job) roll(ctx context.Context, r *rollout.Roller, changes []plan.Change) error {
 	ev := &record.Events{Client: j.client, Instance: j.holder, Log: j.log}
+	errs := make([]error, len(changes))
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, max(j.cfg.MaxParallel, 1))
 	for i, ch := range changes {
-		e := &j.report.Workloads[i]
-		w := ch.Workload
-		progress := func(msg string) {
-			j.log.Info("rollout", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "state", msg)
-			e.Rollout = msg
+		slots <- struct{}{}
+		if failed.Load() {
+			break
 		}
-		if ch.Skip != "" {
-			e.Result = record.Unchanged
-			if j.cfg.Command == config.Inject {
-				// A rerun: finish what an interrupted run started.
-				waited, err := r.Converge(ctx, w, plan.Remove(w, j.cfg.Secret), progress)
-				if err != nil {
-					j.failed(ctx, ev, i, w, err)
-					return err
-				}
-				if waited {
-					e.Detail = "already injected; waited for its unfinished rollout"
-				}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if err := j.rollOne(ctx, r, ev, i, ch); err != nil {
+				errs[i] = err
+				failed.Store(true)
 			}
-			continue
+		}()
+	}
+	wg.Wait()
+	for k := range j.report.Workloads {
+		if j.report.Workloads[k].Result == "" {
+			j.report.Workloads[k].Result = record.NotReached
 		}
-		j.log.Info("applying", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "fieldManager", plan.FieldManager(ch.ID))
-		if err := r.Roll(ctx, ch, progress); err != nil {
-			j.failed(ctx, ev, i, w, err)
-			return err
-		}
+	}
+	return errors.Join(errs...)
+}
+
+// rollOne rolls out changes[i] (or, on a rerun, finishes its unfinished
+// rollout) and records the outcome in the report and in Events.
+func (j *job) rollOne(ctx context.Context, r *rollout.Roller, ev *record.Events, i int, ch plan.Change) error {
+	e := &j.report.Workloads[i]
+	w := ch.Workload
+	progress := func(msg string) {
+		j.log.Info("rollout", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "state", msg)
+		e.Rollout = msg
+	}
+	if ch.Skip != "" {
+		e.Result = record.Unchanged
 		if j.cfg.Command == config.Inject {
-			e.Result = record.Injected
-			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonInjected, "Inject",
-				fmt.Sprintf("mounted secret %s at %s (injection hash %s) and rolled out", j.cfg.Secret, j.cfg.MountPath, ch.Hash))
-		} else {
-			e.Result = record.Removed
-			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRemoved, "Remove",
-				fmt.Sprintf("removed the injection of secret %s and rolled out", j.cfg.Secret))
+			// A rerun: finish what an interrupted run started.
+			waited, err := r.Converge(ctx, w, plan.Remove(w, j.cfg.Secret), progress)
+			if err != nil {
+				j.failed(ctx, ev, e, w, err)
+				return err
+			}
+			if waited {
+				e.Detail = "already injected; waited for its unfinished rollout"
+			}
 		}
+		return nil
+	}
+	j.log.Info("applying", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "fieldManager", plan.FieldManager(ch.ID))
+	if err := r.Roll(ctx, ch, progress); err != nil {
+		j.failed(ctx, ev, e, w, err)
+		return err
+	}
+	if j.cfg.Command == config.Inject {
+		e.Result = record.Injected
+		ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonInjected, "Inject",
+			fmt.Sprintf("mounted secret %s at %s (injection hash %s) and rolled out", j.cfg.Secret, j.cfg.MountPath, ch.Hash))
+	} else {
+		e.Result = record.Removed
+		ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRemoved, "Remove",
+			fmt.Sprintf("removed the injection of secret %s and rolled out", j.cfg.Secret))
 	}
 	return nil
 }
 
-func (j *job) failed(ctx context.Context, ev *record.Events, i int, w workload.Workload, err error) {
-	e := &j.report.Workloads[i]
+func (j *job) failed(ctx context.Context, ev *record.Events, e *record.Entry, w workload.Workload, err error) {
 	e.Detail = err.Error()
 	switch {
 	case errors.Is(err, rollout.ErrRollbackFailed):
@@ -295,11 +326,6 @@ func (j *job) failed(ctx context.Context, ev *record.Events, i int, w workload.W
 		ev.Emit(ctx, w, corev1.EventTypeWarning, record.ReasonRolloutFailed, "Rollout", err.Error())
 		if errors.Is(err, rollout.ErrRolledBack) {
 			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRolledBack, "Rollback", "restored the previous pod template; pods are healthy")
-		}
-	}
-	for k := i + 1; k < len(j.report.Workloads); k++ {
-		if j.report.Workloads[k].Result == "" {
-			j.report.Workloads[k].Result = record.NotReached
 		}
 	}
 }

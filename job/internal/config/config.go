@@ -57,6 +57,8 @@ type Config struct {
 
 	DryRun  bool
 	Timeout time.Duration
+	// MaxParallel is how many workloads roll out at once (1: one at a time).
+	MaxParallel int
 	// Settle bounds refresh's wait for each restarting pod.
 	Settle    time.Duration
 	Output    string
@@ -98,7 +100,7 @@ func Parse(args []string, env func(string) (string, bool), out io.Writer) (Confi
 		Long: `k8secrets-job mounts an existing Secret into the Deployments, StatefulSets and
 DaemonSets whose running pods match a label selector, adds the k8secrets reload
 agent, checks every change with a server-side dry-run, then rolls the workloads
-out one at a time and rolls back what fails.
+out one at a time (or --max-parallel at once) and rolls back what fails.
 
 Flags may also be set as K8SECRETS_<FLAG> environment variables (dashes become
 underscores) or in a --config file (YAML, JSON or TOML, keys named as the flags).
@@ -133,6 +135,7 @@ Command-line flags win over the environment, which wins over the file.
 	}
 	change := func(fs *pflag.FlagSet) {
 		fs.Bool("dry-run", false, "plan and server-side dry-run only; print the plan as a diff and change nothing")
+		fs.Int("max-parallel", 1, "how many workloads to roll out at once; each is still waited for and rolled back on its own, and the first failure stops new ones from starting")
 	}
 
 	mk := func(name, short string, flags func(*pflag.FlagSet)) *cobra.Command {
@@ -247,22 +250,23 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 	}
 
 	cfg := Config{
-		Command:    command,
-		Selector:   v.GetString("selector"),
-		Secret:     v.GetString("secret"),
-		Namespace:  v.GetString("namespace"),
-		Kubeconfig: v.GetString("kubeconfig"),
-		Context:    v.GetString("context"),
-		MountPath:  v.GetString("mount-path"),
-		Containers: v.GetStringSlice("container"),
-		Agent:      v.GetBool("agent") && !v.GetBool("no-agent"),
-		AgentImage: v.GetString("agent-image"),
-		Reload:     v.GetString("reload"),
-		DryRun:     v.GetBool("dry-run"),
-		Timeout:    v.GetDuration("timeout"),
-		Settle:     v.GetDuration("settle"),
-		Output:     v.GetString("output"),
-		LogFormat:  v.GetString("log-format"),
+		Command:     command,
+		Selector:    v.GetString("selector"),
+		Secret:      v.GetString("secret"),
+		Namespace:   v.GetString("namespace"),
+		Kubeconfig:  v.GetString("kubeconfig"),
+		Context:     v.GetString("context"),
+		MountPath:   v.GetString("mount-path"),
+		Containers:  v.GetStringSlice("container"),
+		Agent:       v.GetBool("agent") && !v.GetBool("no-agent"),
+		AgentImage:  v.GetString("agent-image"),
+		Reload:      v.GetString("reload"),
+		DryRun:      v.GetBool("dry-run"),
+		Timeout:     v.GetDuration("timeout"),
+		MaxParallel: v.GetInt("max-parallel"),
+		Settle:      v.GetDuration("settle"),
+		Output:      v.GetString("output"),
+		LogFormat:   v.GetString("log-format"),
 	}
 	if cfg.MountPath == "" && cfg.Secret != "" {
 		cfg.MountPath = DefaultMountPath(cfg.Secret)
@@ -337,6 +341,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		bad("--timeout %s: must be positive", c.Timeout)
+	}
+	if needsTarget && c.MaxParallel < 1 {
+		bad("--max-parallel %d: must be 1 or more", c.MaxParallel)
 	}
 	if c.Output != "text" && c.Output != "json" {
 		bad("--output %q: must be text or json", c.Output)

@@ -43,13 +43,14 @@ func TestPrecedence(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := envOf(map[string]string{
-		"K8SECRETS_TIMEOUT":    "2m",
-		"K8SECRETS_RELOAD":     "http:http://localhost:8080/reload",
-		"K8SECRETS_SELECTOR":   "app=env",
-		"K8SECRETS_SECRET":     "from-env",
-		"K8SECRETS_CONTAINER":  "a,b",
-		"K8SECRETS_AGENT":      "false",
-		"K8SECRETS_LOG_FORMAT": "json",
+		"K8SECRETS_TIMEOUT":      "2m",
+		"K8SECRETS_RELOAD":       "http:http://localhost:8080/reload",
+		"K8SECRETS_SELECTOR":     "app=env",
+		"K8SECRETS_SECRET":       "from-env",
+		"K8SECRETS_CONTAINER":    "a,b",
+		"K8SECRETS_AGENT":        "false",
+		"K8SECRETS_LOG_FORMAT":   "json",
+		"K8SECRETS_MAX_PARALLEL": "4",
 	})
 	cfg, err := Parse([]string{"inject", "--config", file, "--timeout", "3m", "--secret", "from-flag"}, env, io.Discard)
 	if err != nil {
@@ -68,6 +69,7 @@ func TestPrecedence(t *testing.T) {
 		{"file alone", cfg.MountPath, "/from/file"},
 		{"file alone", cfg.Output, "json"},
 		{"env beats default", cfg.LogFormat, "json"},
+		{"env int", cfg.MaxParallel, 4},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -108,6 +110,7 @@ func TestBadInput(t *testing.T) {
 		{"bad http", []string{"inject", "-l", "a=b", "--secret", "s", "--reload", "http:localhost"}, []string{"http:URL"}},
 		{"empty agent image", []string{"inject", "-l", "a=b", "--secret", "s", "--agent-image", ""}, []string{"--agent-image"}},
 		{"bad timeout", []string{"inject", "-l", "a=b", "--secret", "s", "--timeout", "0s"}, []string{"--timeout"}},
+		{"zero max-parallel", []string{"inject", "-l", "a=b", "--secret", "s", "--max-parallel", "0"}, []string{"--max-parallel 0"}},
 		{"bad output", []string{"inject", "-l", "a=b", "--secret", "s", "-o", "yaml"}, []string{"--output"}},
 		{"bad log format", []string{"inject", "-l", "a=b", "--secret", "s", "--log-format", "xml"}, []string{"--log-format"}},
 		{"several at once", []string{"inject", "-l", "a in (", "--secret", "X", "--mount-path", "rel"}, []string{"--selector", "--secret", "--mount-path"}},
