@@ -359,31 +359,27 @@ func (b *bench) measure(ctx context.Context) error {
 	}
 
 	if b.o.Phases["inject"] {
-		before, err := b.generations(ctx)
-		if err != nil {
-			return err
+		for i, p := range b.o.MaxParallel {
+			if i > 0 {
+				// Back to the state before inject, the same safe way.
+				before, err := b.generations(ctx)
+				if err != nil {
+					return err
+				}
+				r, err := b.exec(ctx, fmt.Sprintf("remove-p%d", b.o.MaxParallel[i-1]), b.o.Job, "remove", "-l", benchLabel+"="+benchValue,
+					"--secret", secretName, "-n", namespace, "--kubeconfig", b.kubeconfig, "-o", "json", "--max-parallel", strconv.Itoa(b.o.MaxParallel[i-1]))
+				b.printf("\n   (remove with --max-parallel %d before the next inject: %.1f s wall, exit %d)\n", b.o.MaxParallel[i-1], r.Wall.Seconds(), r.Exit)
+				if err != nil {
+					return err
+				}
+				if err := b.waitRolledOut(ctx, before, 10*time.Minute); err != nil {
+					return fmt.Errorf("after remove: %w", err)
+				}
+			}
+			if err := b.inject(ctx, p); err != nil {
+				return err
+			}
 		}
-		load := loadavg()
-		start := time.Now()
-		r, err := b.runJob(ctx, "inject")
-		b.printf("\n2-4. inject (real run): %.1f s wall, peak RSS %.1f MiB, exit %d  [load %s -> %s]\n",
-			r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load, loadavg())
-		b.printf("   report: %s\n", results(filepath.Join(b.o.Out, "inject.out")))
-		peak, live := heap(filepath.Join(b.o.Out, "inject.log"))
-		b.printf("   Go heap (gctrace): heap at most %d MB, at most %d MB live after a GC\n", peak, live)
-		if t, ok := firstApply(filepath.Join(b.o.Out, "inject.log")); ok {
-			b.printf("   plan + dry-run %.1f s, then rollouts %.1f s (%.2f s per workload)\n",
-				t.Sub(start).Seconds(), r.Wall.Seconds()-t.Sub(start).Seconds(), (r.Wall.Seconds()-t.Sub(start).Seconds())/float64(n))
-		}
-		t, total := table(r.Counts, n)
-		b.printf("   API requests: %d (%.2f per workload)\n%s", total, float64(total)/float64(n), t)
-		if err != nil {
-			return err
-		}
-		if err := b.waitRolledOut(ctx, before, 10*time.Minute); err != nil {
-			return fmt.Errorf("after inject: %w", err)
-		}
-		b.printf("   all %d Deployments rolled out and old pods gone %.1f s after the start\n", n, time.Since(start).Seconds())
 	}
 
 	if b.o.Phases["kubectl"] {
@@ -392,6 +388,39 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 	b.printf("\nload average at the end: %s\n", loadavg())
+	return nil
+}
+
+// inject runs the Job for real with --max-parallel p and checks that every
+// Deployment rolled out.
+func (b *bench) inject(ctx context.Context, p int) error {
+	n := b.o.N
+	name := fmt.Sprintf("inject-p%d", p)
+	before, err := b.generations(ctx)
+	if err != nil {
+		return err
+	}
+	load := loadavg()
+	start := time.Now()
+	r, err := b.runJob(ctx, name, "--max-parallel", strconv.Itoa(p))
+	b.printf("\n2-4. inject --max-parallel %d (real run): %.1f s wall, peak RSS %.1f MiB, exit %d  [load %s -> %s]\n",
+		p, r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load, loadavg())
+	b.printf("   report: %s\n", results(filepath.Join(b.o.Out, name+".out")))
+	peak, live := heap(filepath.Join(b.o.Out, name+".log"))
+	b.printf("   Go heap (gctrace): heap at most %d MB, at most %d MB live after a GC\n", peak, live)
+	if t, ok := firstApply(filepath.Join(b.o.Out, name+".log")); ok {
+		b.printf("   plan + dry-run %.1f s, then rollouts %.1f s (%.2f s per workload)\n",
+			t.Sub(start).Seconds(), r.Wall.Seconds()-t.Sub(start).Seconds(), (r.Wall.Seconds()-t.Sub(start).Seconds())/float64(n))
+	}
+	t, total := table(r.Counts, n)
+	b.printf("   API requests: %d (%.2f per workload)\n%s", total, float64(total)/float64(n), t)
+	if err != nil {
+		return err
+	}
+	if err := b.waitRolledOut(ctx, before, 10*time.Minute); err != nil {
+		return fmt.Errorf("after inject: %w", err)
+	}
+	b.printf("   all %d Deployments rolled out and old pods gone %.1f s after the start\n", n, time.Since(start).Seconds())
 	return nil
 }
 

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -64,6 +65,7 @@ type options struct {
 	CacheDir           string
 	K8sVersion         string
 	Phases             map[string]bool
+	MaxParallel        []int
 	Keep               bool
 }
 
@@ -81,6 +83,7 @@ func parse(args []string) (options, error) {
 	fs.StringVar(&o.Kubectl, "kubectl", "kubectl", "kubectl binary")
 	fs.StringVar(&o.Out, "out", "", "folder for the report, the Job's reports and logs (default $CACHE_DIR/bench-job/TIME)")
 	phases := fs.String("phases", "dryrun,inject,kubectl", "what to measure: dryrun, inject, kubectl")
+	maxParallel := fs.String("max-parallel", "1", "the Job's --max-parallel for the inject phase; a comma-separated list runs inject once per value, with a remove between them")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the cluster")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -96,6 +99,13 @@ func parse(args []string) (options, error) {
 		default:
 			return o, fmt.Errorf("unknown phase %q: %w", p, flag.ErrHelp)
 		}
+	}
+	for _, v := range strings.Split(*maxParallel, ",") {
+		p, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || p < 1 {
+			return o, fmt.Errorf("-max-parallel %q: want positive integers: %w", *maxParallel, flag.ErrHelp)
+		}
+		o.MaxParallel = append(o.MaxParallel, p)
 	}
 	if o.Nodes == 0 {
 		// Room for every pod plus a Deployment's surge, 1.5 times over.
