@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -366,9 +367,11 @@ func (b *bench) measure(ctx context.Context) error {
 				if err != nil {
 					return err
 				}
-				r, err := b.exec(ctx, fmt.Sprintf("remove-p%d", b.o.MaxParallel[i-1]), b.o.Job, "remove", "-l", benchLabel+"="+benchValue,
-					"--secret", secretName, "-n", namespace, "--kubeconfig", b.kubeconfig, "-o", "json", "--max-parallel", strconv.Itoa(b.o.MaxParallel[i-1]))
-				b.printf("\n   (remove with --max-parallel %d before the next inject: %.1f s wall, exit %d)\n", b.o.MaxParallel[i-1], r.Wall.Seconds(), r.Exit)
+				// The widest --max-parallel: the reset is not what is measured.
+				reset := slices.Max(b.o.MaxParallel)
+				r, err := b.exec(ctx, fmt.Sprintf("remove-%d", i), b.o.Job, "remove", "-l", benchLabel+"="+benchValue,
+					"--secret", secretName, "-n", namespace, "--kubeconfig", b.kubeconfig, "-o", "json", "--max-parallel", strconv.Itoa(reset))
+				b.printf("\n   (remove with --max-parallel %d before the next inject: %.1f s wall, exit %d)\n", reset, r.Wall.Seconds(), r.Exit)
 				if err != nil {
 					return err
 				}
