@@ -9,6 +9,7 @@
 # Kubernetes binaries go straight into $KUBE_BIN
 # (default $CACHE_DIR/kubernetes-$K8S_VERSION/bin). etcd, coredns, crictl and
 # kind have their own versions, so each is built into $CACHE_DIR/NAME-VERSION/
+# (CoreDNS: NAME-VERSION-HASH of e2e/tools/coredns/main.go)
 # and linked from $KUBE_BIN: every binary is found in $KUBE_BIN, and changing
 # one version in hack/versions.mk rebuilds only that one.
 #
@@ -32,6 +33,10 @@ version() { sed -n "s/^$1[[:space:]]*:=[[:space:]]*//p" "$root/hack/versions.mk"
 : "${KIND_VERSION:=$(version KIND_VERSION)}"
 : "${CACHE_DIR:=$HOME/.cache/k8secrets}"
 : "${KUBE_BIN:=$CACHE_DIR/kubernetes-$K8S_VERSION/bin}"
+
+# CoreDNS is built from e2e/tools/coredns/main.go (a chosen set of plugins):
+# its cache key names that file's hash as well as the version.
+coredns_key=$COREDNS_VERSION-$(sha256sum "$tools/coredns/main.go" | cut -c1-8)
 
 kube_names=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm)
 other_names=(etcd coredns crictl kind)
@@ -62,7 +67,7 @@ cached() {
 		case " ${kube_names[*]} " in *" $n "*) [[ -x $KUBE_BIN/$n ]] || return 1 ;; esac
 		case $n in
 		etcd) [[ $(readlink "$KUBE_BIN/etcd" 2>/dev/null) == "$CACHE_DIR/etcd-$ETCD_VERSION/etcd" ]] || return 1 ;;
-		coredns) [[ $(readlink "$KUBE_BIN/coredns" 2>/dev/null) == "$CACHE_DIR/coredns-$COREDNS_VERSION/coredns" ]] || return 1 ;;
+		coredns) [[ $(readlink "$KUBE_BIN/coredns" 2>/dev/null) == "$CACHE_DIR/coredns-$coredns_key/coredns" ]] || return 1 ;;
 		crictl) [[ $(readlink "$KUBE_BIN/crictl" 2>/dev/null) == "$CACHE_DIR/crictl-$CRICTL_VERSION/crictl" ]] || return 1 ;;
 		kind) [[ $(readlink "$KUBE_BIN/kind" 2>/dev/null) == "$CACHE_DIR/kind-$KIND_VERSION/kind" ]] || return 1 ;;
 		esac
@@ -95,30 +100,11 @@ for n in "${names[@]}"; do
 	esac
 done
 
-if ((${#kube_missing[@]})); then
-	check_pin kubernetes k8s.io/kubernetes "$K8S_VERSION"
-	# Without the version stamp nodes report v0.0.0-master, kubectl warns
-	# about skew and kubeadm refuses the control plane.
-	ldflags="-s -w"
-	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-		ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
-	done
-	pkgs=()
-	for n in "${kube_missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
-	log "building ${kube_missing[*]} $K8S_VERSION into $KUBE_BIN"
-	tmp=$(mktemp -d "$KUBE_BIN/.build.XXXXXX")
-	trap 'rm -rf "$tmp"' EXIT
-	start=$SECONDS
-	(cd "$tools/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
-	for n in "${kube_missing[@]}"; do mv "$tmp/$n" "$KUBE_BIN/$n"; done
-	log "built ${kube_missing[*]} in $((SECONDS - start))s"
-fi
-
-# build_other NAME VERSION TOOLDIR MODULE PKG [LDFLAGS]
+# build_other NAME VERSION TOOLDIR MODULE PKG [LDFLAGS [KEY]]: KEY (default
+# VERSION) names the cache folder.
 build_other() {
 	local name=$1 ver=$2 dir=$3 mod=$4 pkg=$5 ldflags="-s -w ${6:-}"
-	local out=$CACHE_DIR/$name-$ver/$name
+	local out=$CACHE_DIR/$name-${7:-$ver}/$name
 	if [[ ! -x $out ]]; then
 		[[ $dir == e2e ]] || check_pin "$dir" "$mod" "$ver"
 		log "building $name $ver into ${out%/*}"
@@ -135,12 +121,53 @@ build_other() {
 	fi
 }
 
-for n in "${names[@]}"; do
-	case $n in
-	etcd) build_other etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
-	coredns) build_other coredns "$COREDNS_VERSION" coredns github.com/coredns/coredns github.com/coredns/coredns ;;
-	crictl) build_other crictl "$CRICTL_VERSION" cri-tools sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl \
-		"-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION#v}" ;;
-	kind) build_other kind "$KIND_VERSION" e2e sigs.k8s.io/kind sigs.k8s.io/kind ;;
-	esac
-done
+build_kube() {
+	((${#kube_missing[@]})) || return 0
+	check_pin kubernetes k8s.io/kubernetes "$K8S_VERSION"
+	# Without the version stamp nodes report v0.0.0-master, kubectl warns
+	# about skew and kubeadm refuses the control plane.
+	ldflags="-s -w"
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+	done
+	pkgs=()
+	for n in "${kube_missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
+	log "building ${kube_missing[*]} $K8S_VERSION into $KUBE_BIN"
+	tmp=$(mktemp -d "$KUBE_BIN/.build.XXXXXX")
+	start=$SECONDS
+	if ! (cd "$tools/kubernetes" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}"); then
+		rm -rf "$tmp"
+		return 1
+	fi
+	for n in "${kube_missing[@]}"; do mv "$tmp/$n" "$KUBE_BIN/$n"; done
+	rm -rf "$tmp"
+	log "built ${kube_missing[*]} in $((SECONDS - start))s"
+}
+
+build_others() {
+	local n
+	for n in "${names[@]}"; do
+		case $n in
+		etcd) build_other etcd "$ETCD_VERSION" etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 ;;
+		coredns) build_other coredns "$COREDNS_VERSION" coredns github.com/coredns/coredns . "" "$coredns_key" ;;
+		crictl) build_other crictl "$CRICTL_VERSION" cri-tools sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl \
+			"-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION#v}" ;;
+		kind) build_other kind "$KIND_VERSION" e2e sigs.k8s.io/kind sigs.k8s.io/kind ;;
+		esac
+	done
+}
+
+# The Kubernetes build keeps both cores busy but leaves gaps (downloading
+# modules, linking): etcd, CoreDNS, crictl and kind build beside it, one
+# after the other, and fill them.
+build_others &
+others=$!
+kube_rc=0
+build_kube || kube_rc=$?
+others_rc=0
+wait "$others" || others_rc=$?
+if ((kube_rc || others_rc)); then
+	log "build failed"
+	exit 1
+fi

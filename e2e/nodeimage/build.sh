@@ -47,10 +47,12 @@ dbuild() {
 start=$SECONDS
 
 # The image records a hash of everything it is built from; a change to a
-# version, this script or its files rebuilds it.
+# version, this script or its files, or the tools' modules rebuilds it.
 inputs=$( (
 	echo "$K8S_VERSION $ETCD_VERSION $COREDNS_VERSION $KIND_VERSION $PAUSE_VERSION $NODE_DEBIAN_SUITE"
 	cd "$here" && find . -type f | LC_ALL=C sort | xargs sha256sum
+	# What the binaries are built from, beyond their versions.
+	cd "$root/e2e/tools" && sha256sum coredns/main.go */go.mod
 ) | sha256sum | cut -c1-16)
 if [[ ${FORCE:-} != 1 ]] &&
 	[[ $(docker image inspect -f '{{index .Config.Labels "k8secrets.inputs"}}' "$image" 2>/dev/null) == "$inputs" ]]; then
