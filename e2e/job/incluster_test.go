@@ -16,7 +16,6 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -200,11 +199,7 @@ func TestInClusterInject(t *testing.T) {
 			t.Errorf("job pods' exit codes %v; only exit 1 may be retried", codes)
 		}
 	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
-	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+	s.webInjected(ctx, t, ns, value)
 	if logs := s.jobLogs(ctx, ns); strings.Contains(logs, string(value)) {
 		t.Errorf("the Job's logs hold the Secret's value (withheld)")
 	}
@@ -280,20 +275,7 @@ func TestInClusterFailedRolloutRolledBack(t *testing.T) {
 	if cond.Type != batchv1.JobFailed || cond.Reason != batchv1.JobReasonPodFailurePolicy || codes[len(codes)-1] != 5 {
 		t.Fatalf("job: condition %s (%s: %s), exit codes %v; want Failed by PodFailurePolicy after exit 5\n%s", cond.Type, cond.Reason, cond.Message, codes, logs)
 	}
-	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
-		t.Errorf("after the rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
-	if got, want := restartCounts(after), restartCounts(before); got != want {
-		t.Errorf("pods after the rollback: %s; want the original pods, not restarted: %s", got, want)
-	}
+	s.webRolledBack(ctx, t, ns, orig, before)
 }
 
 // versionsOf is versions without the Job's own pods, which come and go.

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -151,14 +150,7 @@ func TestKilledRunConverges(t *testing.T) {
 	s.deployment(ctx, t, ns, "web", "web", 2, minReady(15))
 	rsBefore := s.replicaSetCount(ctx, t, ns)
 
-	p := s.start(ctx, t, "", ns, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
-	s.newReplicaSet(ctx, t, ns, "db-creds")
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	if r := p.wait(t, [][]byte{value}); r.code != -1 {
-		t.Fatalf("killed run: %s\nwant killed by a signal", r)
-	}
+	s.killMidRollout(ctx, t, ns, value, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
 	killedAt := time.Now()
 
 	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
@@ -178,15 +170,7 @@ func TestKilledRunConverges(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("rerun after the Lease expired: %s", r)
 	}
-	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
-		t.Errorf("ReplicaSets %d -> %d; want one more: the killed run's rollout, finished, not another", rsBefore, n)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
-	s.checkSecretFile(ctx, t, pods, "db-creds", value)
-	s.noLease(ctx, t, ns, "db-creds")
+	s.convergedOnce(ctx, t, ns, value, rsBefore)
 }
 
 // A run killed with SIGKILL in the middle of a rollout that cannot succeed
@@ -204,7 +188,34 @@ func TestKilledFailingRunRolledBackByRerun(t *testing.T) {
 	before := s.livePods(ctx, t, ns, "app=web")
 	args := []string{"inject", "-l", "app=web", "--secret", "db-creds", "--agent-image", missingImage}
 
-	p := s.start(ctx, t, "", ns, append(args, "--timeout", "3m")...)
+	s.killMidRollout(ctx, t, ns, value, append(args, "--timeout", "3m")...)
+	s.waitLeaseExpired(ctx, t, ns, "db-creds")
+
+	r := s.job(ctx, t, "", ns, [][]byte{value}, append(args, "--timeout", "15s")...)
+	if r.code != 5 {
+		t.Fatalf("rerun on the killed run's failing rollout: %s\nwant exit 5", r)
+	}
+	s.webRolledBack(ctx, t, ns, orig, before)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// convergedOnce checks the end of an interrupted rollout carried through:
+// exactly one ReplicaSet more than rsBefore (the interrupted run's, finished,
+// not another), deployment/web injected, and no Lease left behind.
+func (s *suite) convergedOnce(ctx context.Context, t *testing.T, ns string, value []byte, rsBefore int) {
+	t.Helper()
+	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
+		t.Errorf("ReplicaSets %d -> %d; want one more: the interrupted run's rollout, finished, not another", rsBefore, n)
+	}
+	s.webInjected(ctx, t, ns, value)
+	s.noLease(ctx, t, ns, "db-creds")
+}
+
+// killMidRollout starts the Job with args, kills it with SIGKILL once its
+// rollout has created a new ReplicaSet, and checks that it died of it.
+func (s *suite) killMidRollout(ctx context.Context, t *testing.T, ns string, value []byte, args ...string) {
+	t.Helper()
+	p := s.start(ctx, t, "", ns, args...)
 	s.newReplicaSet(ctx, t, ns, "db-creds")
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -212,27 +223,18 @@ func TestKilledFailingRunRolledBackByRerun(t *testing.T) {
 	if r := p.wait(t, [][]byte{value}); r.code != -1 {
 		t.Fatalf("killed run: %s\nwant killed by a signal", r)
 	}
-	s.waitLeaseExpired(ctx, t, ns, "db-creds")
+}
 
-	r := s.job(ctx, t, "", ns, [][]byte{value}, append(args, "--timeout", "15s")...)
-	if r.code != 5 {
-		t.Fatalf("rerun on the killed run's failing rollout: %s\nwant exit 5", r)
-	}
-	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+// viaProxy returns a proxy to the API server and a kubeconfig that reaches
+// the API server through it.
+func (s *suite) viaProxy(t *testing.T) (*proxy, string) {
+	t.Helper()
+	server, err := url.Parse(s.Config.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
-		t.Errorf("after the rerun's rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
-	if got, want := restartCounts(after), restartCounts(before); got != want {
-		t.Errorf("pods after the rollback: %s; want the original pods, not restarted: %s", got, want)
-	}
-	s.noLease(ctx, t, ns, "db-creds")
+	px := newProxy(t, server.Host)
+	return px, s.kubeconfigVia(t, px.addr)
 }
 
 // proxy forwards TCP connections to the API server until cut: then it
@@ -346,12 +348,7 @@ func TestAPIServerUnreachableMidRun(t *testing.T) {
 	s.deployment(ctx, t, ns, "web", "web", 2, minReady(10))
 	rsBefore := s.replicaSetCount(ctx, t, ns)
 
-	server, err := url.Parse(s.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newProxy(t, server.Host)
-	kubeconfig := s.kubeconfigVia(t, px.addr)
+	px, kubeconfig := s.viaProxy(t)
 
 	p := s.start(ctx, t, kubeconfig, ns, s.injectArgs("app=web", "db-creds", "--timeout", "20s")...)
 	s.newReplicaSet(ctx, t, ns, "db-creds")
@@ -382,15 +379,7 @@ func TestAPIServerUnreachableMidRun(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("rerun with the API server back: %s", r)
 	}
-	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
-		t.Errorf("ReplicaSets %d -> %d; want one more: the cut run's rollout, finished, not another", rsBefore, n)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
-	s.checkSecretFile(ctx, t, pods, "db-creds", value)
-	s.noLease(ctx, t, ns, "db-creds")
+	s.convergedOnce(ctx, t, ns, value, rsBefore)
 }
 
 // The API server is unreachable for a few seconds in the middle of a
@@ -405,12 +394,7 @@ func TestAPIServerBlipMidRun(t *testing.T) {
 	s.deployment(ctx, t, ns, "web", "web", 2, minReady(5))
 	rsBefore := s.replicaSetCount(ctx, t, ns)
 
-	server, err := url.Parse(s.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newProxy(t, server.Host)
-	kubeconfig := s.kubeconfigVia(t, px.addr)
+	px, kubeconfig := s.viaProxy(t)
 
 	p := s.start(ctx, t, kubeconfig, ns, s.injectArgs("app=web", "db-creds", "--timeout", "90s")...)
 	s.newReplicaSet(ctx, t, ns, "db-creds")
@@ -425,13 +409,5 @@ func TestAPIServerBlipMidRun(t *testing.T) {
 	if r := p.wait(t, [][]byte{value}); r.code != 0 {
 		t.Fatalf("run across a 5s outage of the API server: %s\nwant exit 0", r)
 	}
-	if n := s.replicaSetCount(ctx, t, ns); n != rsBefore+1 {
-		t.Errorf("ReplicaSets %d -> %d; want one more", rsBefore, n)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
-	s.checkSecretFile(ctx, t, pods, "db-creds", value)
-	s.noLease(ctx, t, ns, "db-creds")
+	s.convergedOnce(ctx, t, ns, value, rsBefore)
 }

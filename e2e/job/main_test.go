@@ -33,6 +33,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -542,4 +543,36 @@ func objs[T any, P interface {
 		out[i] = P(&items[i])
 	}
 	return out
+}
+
+// webInjected checks that deployment/web is available again and that both
+// its pods mount db-creds, holding value.
+func (s *suite) webInjected(ctx context.Context, t *testing.T, ns string, value []byte) {
+	t.Helper()
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", true)
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
+}
+
+// webRolledBack checks that deployment/web's pod template is exactly orig's
+// again, that it is available, and that its pods are the ones from before,
+// not restarted.
+func (s *suite) webRolledBack(ctx context.Context, t *testing.T, ns string, orig *appsv1.Deployment, before []corev1.Pod) {
+	t.Helper()
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
+	if got, want := restartCounts(after), restartCounts(before); got != want {
+		t.Errorf("pods after the rollback: %s; want the original pods, not restarted: %s", got, want)
+	}
 }

@@ -39,20 +39,7 @@ func TestFailedRolloutRollsBack(t *testing.T) {
 	if r.code != 5 {
 		t.Fatalf("inject with an agent image that does not exist: %s\nwant exit 5", r)
 	}
-	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
-		t.Errorf("after the rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
-	}
-	if err := s.WaitDeploymentAvailable(ctx, ns, "web", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
-	if got, want := restartCounts(after), restartCounts(before); got != want {
-		t.Errorf("pods after the rollback: %s; want the same pods, not restarted: %s", got, want)
-	}
+	s.webRolledBack(ctx, t, ns, orig, before)
 	if n := s.replicaSetsWithSecret(ctx, t, ns, "db-creds"); n != 1 {
 		t.Errorf("%d ReplicaSets of the failed revision; want 1, scaled to 0", n)
 	}

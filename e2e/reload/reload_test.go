@@ -110,13 +110,21 @@ func injectedWeb(ctx context.Context, t *testing.T, c *framework.Cluster, ns, se
 	return injectedPods(ctx, t, c, ns, secret, reload, "v1", map[workload]int{web: replicas})
 }
 
-func TestInjectSignalReloadRemove(t *testing.T) {
+// begin runs the test in parallel with the others and gives it the cluster,
+// a context that ends after d, and a namespace of its own. The Job binary is
+// built first (at most once), before the test's clock starts.
+func begin(t *testing.T, d time.Duration) (*framework.Cluster, context.Context, string) {
+	t.Helper()
 	t.Parallel()
 	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	jobBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c, ctx, c.Namespace(t)
+}
+
+func TestInjectSignalReloadRemove(t *testing.T) {
+	c, ctx, ns := begin(t, 9*time.Minute)
 	const secret = "demo-secret"
 	createSecret(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"))
 	ws := map[workload]int{
@@ -191,12 +199,7 @@ func TestInjectSignalReloadRemove(t *testing.T) {
 // TestHTTPReload: in HTTP mode the agent POSTs to the app's reload endpoint;
 // the app reloads in place.
 func TestHTTPReload(t *testing.T) {
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 6*time.Minute)
 	const secret = "demo-secret"
 	const reload = "http:http://127.0.0.1:8080/-/reload"
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
@@ -218,12 +221,7 @@ func TestHTTPReload(t *testing.T) {
 // kubelet restarts that container (restartCount +1) in the same pod, and the
 // new process loads the new version.
 func TestRestartReload(t *testing.T) {
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 6*time.Minute)
 	const secret = "demo-secret"
 	const reload = "restart"
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
@@ -267,12 +265,7 @@ func TestRestartReload(t *testing.T) {
 // reload, the app keeps serving the version it had, the agent's metrics count
 // the refusal. A valid pair afterwards reloads as usual.
 func TestInvalidTLSRefused(t *testing.T) {
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 6*time.Minute)
 	const secret = "demo-tls"
 	now := time.Now()
 	cert, key := tlsPair(t, now.Add(-time.Hour), now.Add(24*time.Hour))
@@ -354,12 +347,7 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the kubelet's periodic sync (up to 90s): not with -short")
 	}
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 7*time.Minute)
 	const secret = "demo-secret"
 	const reload = "signal:SIGHUP"
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)
@@ -390,12 +378,7 @@ func TestUpdateArrivesWithoutRefresh(t *testing.T) {
 // pokes one pod at a time and waits for it to be Ready again before the
 // next, so the replicas never restart together.
 func TestRestartRefreshOneAtATime(t *testing.T) {
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 6*time.Minute)
 	const secret = "demo-secret"
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 2, "restart")
 
@@ -458,12 +441,7 @@ func TestRestartRefreshOneAtATime(t *testing.T) {
 // target, p95 ≤ 1s, is measured by e2e/cmd/propagation; the bound here leaves
 // room for a busy CI machine.
 func TestRefreshDeliversAtOnce(t *testing.T) {
-	t.Parallel()
-	c := framework.Get(t)
-	jobBinary(t) // built at most once, before the test's clock starts
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := c.Namespace(t)
+	c, ctx, ns := begin(t, 6*time.Minute)
 	const secret = "demo-secret"
 	const reload = "signal:SIGHUP"
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 2, reload)
