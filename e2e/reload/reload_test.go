@@ -123,6 +123,18 @@ func begin(t *testing.T, d time.Duration) (*framework.Cluster, context.Context, 
 	return c, ctx, c.Namespace(t)
 }
 
+// checkOneReload checks that the pod's agent counts exactly one successful
+// reload by action (signal, http, restart) in its metrics.
+func checkOneReload(ctx context.Context, t *testing.T, c *framework.Cluster, ns, pod, action string) {
+	t.Helper()
+	n, err := agentMetric(ctx, c, ns, pod, "k8secrets_agent_reloads_total", `action="`+action+`"`, `result="success"`)
+	if err != nil {
+		t.Error(err)
+	} else if n != 1 {
+		t.Errorf("pod %s: agent counts %v successful %s reloads; want 1", pod, n, action)
+	}
+}
+
 func TestInjectSignalReloadRemove(t *testing.T) {
 	c, ctx, ns := begin(t, 9*time.Minute)
 	const secret = "demo-secret"
@@ -153,12 +165,7 @@ func TestInjectSignalReloadRemove(t *testing.T) {
 	refresh(ctx, t, c, ns, secret)
 	checkReloadedInPlace(ctx, t, c, ns, "v2", before)
 	for _, b := range before {
-		n, err := agentMetric(ctx, c, ns, b.pod.Name, "k8secrets_agent_reloads_total", `action="signal"`, `result="success"`)
-		if err != nil {
-			t.Error(err)
-		} else if n != 1 {
-			t.Errorf("pod %s: agent counts %v successful signal reloads; want 1", b.pod.Name, n)
-		}
+		checkOneReload(ctx, t, c, ns, b.pod.Name, "signal")
 	}
 	if t.Failed() {
 		return
@@ -208,12 +215,7 @@ func TestHTTPReload(t *testing.T) {
 	refresh(ctx, t, c, ns, secret)
 	checkReloadedInPlace(ctx, t, c, ns, "v2", before)
 	for _, b := range before {
-		n, err := agentMetric(ctx, c, ns, b.pod.Name, "k8secrets_agent_reloads_total", `action="http"`, `result="success"`)
-		if err != nil {
-			t.Error(err)
-		} else if n != 1 {
-			t.Errorf("pod %s: agent counts %v successful http reloads; want 1", b.pod.Name, n)
-		}
+		checkOneReload(ctx, t, c, ns, b.pod.Name, "http")
 	}
 }
 
@@ -253,11 +255,7 @@ func TestRestartReload(t *testing.T) {
 	if r := restarts(p, agent); r != agentRestarts {
 		t.Errorf("pod %s: agent restartCount %d, was %d; want the agent itself not restarted", p.Name, r, agentRestarts)
 	}
-	if n, err := agentMetric(ctx, c, ns, p.Name, "k8secrets_agent_reloads_total", `action="restart"`, `result="success"`); err != nil {
-		t.Error(err)
-	} else if n != 1 {
-		t.Errorf("pod %s: agent counts %v successful restarts; want 1", p.Name, n)
-	}
+	checkOneReload(ctx, t, c, ns, p.Name, "restart")
 }
 
 // TestInvalidTLSRefused: a TLS Secret updated to a certificate and key that
