@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -23,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -410,56 +407,10 @@ func TestAPIDryRunRejectedChangesNothing(t *testing.T) {
 	cl.secret("db-creds")
 	cl.deployment("web", "web", 1)
 	cl.deployment("web2", "web", 1)
-	name := "no-sidecars-" + cl.ns
-	pol := &admissionregistrationv1.ValidatingAdmissionPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
-			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
-			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
-				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
-					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
-					Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
-				}}}},
-			Validations: []admissionregistrationv1.Validation{{
-				Expression: "object.metadata.name != 'web2' || !has(object.spec.template.spec.initContainers)",
-				Message:    "no init containers in web2",
-			}},
-		},
-	}
-	admission := cl.c.AdmissionregistrationV1()
-	if _, err := admission.ValidatingAdmissionPolicies().Create(cl.ctx, pol, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admission.ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{})
-	})
-	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: name,
-			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
-			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
-				MatchLabels: map[string]string{"kubernetes.io/metadata.name": cl.ns}}}}}
-	if _, err := admission.ValidatingAdmissionPolicyBindings().Create(cl.ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admission.ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
-	})
-	// The policy takes effect asynchronously: wait until it rejects.
-	err := wait.PollUntilContextTimeout(cl.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		d, err := cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web2", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		d.Spec.Template.Spec.InitContainers = []corev1.Container{{Name: "probe", Image: "x"}}
-		_, err = cl.c.AppsV1().Deployments(cl.ns).Update(ctx, d, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
-		return apierrors.IsInvalid(err) || apierrors.IsForbidden(err), nil
-	})
-	if err != nil {
-		t.Fatalf("the policy never took effect: %v", err)
-	}
+	msg := apitest.NoInitContainers(cl.ctx, t, cl.c, cl.ns, "web2")
 	before := cl.versions()
 	r := cl.job(injectArgs("app=web", "db-creds")...)
-	if r.code != 4 || !strings.Contains(errString(r.err), "no init containers in web2") {
+	if r.code != 4 || !strings.Contains(errString(r.err), msg) {
 		t.Fatalf("inject: exit %d (%v); want 4 naming the policy's message", r.code, r.err)
 	}
 	if after := cl.versions(); after != before {
@@ -757,7 +708,7 @@ func TestAPIUnreachableMidRun(t *testing.T) {
 	cl.secret("db-creds")
 	cl.deployment("web", "web", 2)
 
-	proxy := newCutProxy(t, env.Config.Host)
+	proxy := apitest.NewCutProxy(t, env.Config.Host)
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Host = proxy.URL()
 	viaProxy, err := kubernetes.NewForConfig(cfg)
@@ -799,65 +750,6 @@ func TestAPIUnreachableMidRun(t *testing.T) {
 	d := cl.waitDeployment("web")
 	if len(d.Spec.Template.Spec.Volumes) != 1 || cl.replicaSets() != 2 {
 		t.Errorf("after the rerun: volumes %v, %d ReplicaSets; want the injected template and 2", d.Spec.Template.Spec.Volumes, cl.replicaSets())
-	}
-}
-
-// cutProxy forwards TCP to an API server until Cut, which drops every
-// connection and refuses new ones.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	cut    bool
-}
-
-func newCutProxy(t *testing.T, host string) *cutProxy {
-	u, err := url.Parse(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: u.Host}
-	t.Cleanup(p.Cut)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			if p.cut {
-				c.Close()
-				up.Close()
-			} else {
-				p.conns = append(p.conns, c, up)
-			}
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) URL() string { return "https://" + p.ln.Addr().String() }
-
-func (p *cutProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	p.ln.Close()
-	for _, c := range p.conns {
-		c.Close()
 	}
 }
 

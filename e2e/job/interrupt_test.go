@@ -4,12 +4,9 @@ package job
 
 import (
 	"context"
-	"io"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/k8secrets/k8secrets/internal/apitest"
 )
 
 // leaseName is the Job's lock for a Secret whose name needs no digest.
@@ -227,88 +226,10 @@ func (s *suite) killMidRollout(ctx context.Context, t *testing.T, ns string, val
 
 // viaProxy returns a proxy to the API server and a kubeconfig that reaches
 // the API server through it.
-func (s *suite) viaProxy(t *testing.T) (*proxy, string) {
+func (s *suite) viaProxy(t *testing.T) (*apitest.CutProxy, string) {
 	t.Helper()
-	server, err := url.Parse(s.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newProxy(t, server.Host)
-	return px, s.kubeconfigVia(t, px.addr)
-}
-
-// proxy forwards TCP connections to the API server until cut: then it
-// closes every connection and refuses new ones, as an unreachable API
-// server would, until resumed on the same address.
-type proxy struct {
-	addr   string
-	target string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  []net.Conn
-	cut    bool
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{addr: ln.Addr().String(), target: target, ln: ln}
-	go p.serve(ln)
-	t.Cleanup(p.Cut)
-	return p
-}
-
-func (p *proxy) serve(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			up.Close()
-			return
-		}
-		p.conns = append(p.conns, c, up)
-		p.mu.Unlock()
-		go func() { _, _ = io.Copy(up, c); up.Close() }()
-		go func() { _, _ = io.Copy(c, up); c.Close() }()
-	}
-}
-
-// Cut closes the listener and every forwarded connection.
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	p.ln.Close()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// Resume listens again on the same address.
-func (p *proxy) Resume(t *testing.T) {
-	t.Helper()
-	ln, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		t.Fatalf("listen again on %s: %v", p.addr, err)
-	}
-	p.mu.Lock()
-	p.ln, p.cut = ln, false
-	p.mu.Unlock()
-	go p.serve(ln)
+	px := apitest.NewCutProxy(t, s.Config.Host)
+	return px, s.kubeconfigVia(t, px.Addr())
 }
 
 // kubeconfigVia writes a copy of the admin kubeconfig whose clusters are

@@ -10,15 +10,14 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/k8secrets/k8secrets/internal/apitest"
 )
 
 // A rollout whose new pods never become Ready (the agent's image does not
@@ -121,61 +120,14 @@ func TestDryRunRejectionChangesNothing(t *testing.T) {
 	s.deployment(ctx, t, ns, "web", "web", 1)
 	s.deployment(ctx, t, ns, "web2", "web", 1)
 
-	name := "e2e-no-init-containers-" + ns
-	admission := s.Client.AdmissionregistrationV1()
-	pol := &admissionregistrationv1.ValidatingAdmissionPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
-			FailurePolicy: ptrTo(admissionregistrationv1.Fail),
-			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
-				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
-					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
-					Rule:       admissionregistrationv1.Rule{APIGroups: []string{"apps"}, APIVersions: []string{"v1"}, Resources: []string{"deployments"}},
-				}}}},
-			Validations: []admissionregistrationv1.Validation{{
-				Expression: "object.metadata.name != 'web2' || !has(object.spec.template.spec.initContainers)",
-				Message:    "e2e policy: no init containers in web2",
-			}},
-		},
-	}
-	if _, err := admission.ValidatingAdmissionPolicies().Create(ctx, pol, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admission.ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{})
-	})
-	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: name,
-			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
-			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
-				MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}}}}
-	if _, err := admission.ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admission.ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
-	})
-	// The policy takes effect asynchronously: wait until a dry-run of such
-	// a change is refused.
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web2", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		d.Spec.Template.Spec.InitContainers = []corev1.Container{{Name: "probe", Image: "x"}}
-		_, err = s.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
-		return apierrors.IsInvalid(err) || apierrors.IsForbidden(err), nil
-	})
-	if err != nil {
-		t.Fatalf("the policy never took effect: %v", err)
-	}
+	msg := apitest.NoInitContainers(ctx, t, s.Client, ns, "web2")
 
 	before := s.stableVersions(ctx, t, ns)
 	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds", "--timeout", "60s")...)
 	if r.code != 4 {
 		t.Fatalf("inject: %s\nwant exit 4", r)
 	}
-	if !strings.Contains(r.stderr, "e2e policy: no init containers in web2") {
+	if !strings.Contains(r.stderr, msg) {
 		t.Errorf("the error does not carry the policy's message:\n%s", r.stderr)
 	}
 	if after := s.versions(ctx, t, ns); after != before {
