@@ -13,6 +13,7 @@ import (
 	"github.com/k8secrets/k8secrets/agent/internal/metrics"
 	"github.com/k8secrets/k8secrets/agent/internal/reload"
 	"github.com/k8secrets/k8secrets/agent/internal/watch"
+	"github.com/k8secrets/k8secrets/internal/reloadspec"
 	"github.com/k8secrets/k8secrets/internal/version"
 )
 
@@ -107,7 +108,7 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile}
 	var actions []reload.Action
 	for _, spec := range cfg.Reload {
-		r, err := config.ParseReload(spec)
+		r, err := reloadspec.Parse(spec)
 		if err != nil {
 			return nil, err
 		}

@@ -10,19 +10,17 @@ import (
 	"io"
 	"maps"
 	"net"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/k8secrets/k8secrets/internal/reloadspec"
 	"github.com/spf13/cast"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
-	"golang.org/x/sys/unix"
 )
 
 // EnvPrefix prefixes the environment variables: --min-interval is
@@ -311,7 +309,7 @@ func (c Config) problems() []error {
 	}
 	targets := false
 	for _, s := range c.Reload {
-		r, err := ParseReload(s)
+		r, err := reloadspec.Parse(s)
 		if err != nil {
 			p = append(p, err)
 			continue
@@ -354,59 +352,6 @@ func (c Config) problems() []error {
 	return p
 }
 
-// Reload is one parsed --reload spec.
-type Reload struct {
-	Kind   string // "signal", "restart", "http" or "exec"
-	Signal syscall.Signal
-	URL    *url.URL
-	Args   []string
-}
-
-// ParseReload parses a --reload spec.
-func ParseReload(spec string) (Reload, error) {
-	kind, arg, _ := strings.Cut(spec, ":")
-	switch kind {
-	case "restart":
-		if arg != "" {
-			return Reload{}, fmt.Errorf("--reload %q: restart takes no argument", spec)
-		}
-		return Reload{Kind: "restart"}, nil
-	case "signal":
-		sig := unix.SignalNum(strings.ToUpper(arg))
-		if sig == 0 {
-			sig = unix.SignalNum("SIG" + strings.ToUpper(arg))
-		}
-		if n, err := strconv.Atoi(arg); err == nil && n > 0 && n < 65 {
-			sig = syscall.Signal(n)
-		}
-		if sig == 0 {
-			return Reload{}, fmt.Errorf("--reload %q: %q is not a signal name or number (like SIGHUP)", spec, arg)
-		}
-		return Reload{Kind: "signal", Signal: sig}, nil
-	case "http":
-		u, err := url.Parse(arg)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return Reload{}, fmt.Errorf("--reload http:URL: %q is not an http or https URL", redact(arg))
-		}
-		return Reload{Kind: "http", URL: u}, nil
-	case "exec":
-		args, err := splitCommand(arg)
-		if err != nil {
-			return Reload{}, fmt.Errorf("--reload %q: %w", spec, err)
-		}
-		return Reload{Kind: "exec", Args: args}, nil
-	default:
-		return Reload{}, fmt.Errorf("--reload %q: not one of signal:NAME, restart, http:URL, exec:COMMAND", redact(spec))
-	}
-}
-
-func redact(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return s
-}
-
 // ParseCodes parses --http-success-codes: comma-separated codes (204),
 // ranges (200-299) and classes (2xx).
 func ParseCodes(s string) (func(int) bool, error) {
@@ -443,49 +388,4 @@ func ParseCodes(s string) (func(int) bool, error) {
 		}
 		return false
 	}, nil
-}
-
-// splitCommand splits an exec: command into arguments like a shell would,
-// for single and double quotes and backslashes, without expansions.
-func splitCommand(s string) ([]string, error) {
-	var args []string
-	var cur strings.Builder
-	inArg, quote := false, rune(0)
-	esc := false
-	for _, r := range s {
-		switch {
-		case esc:
-			cur.WriteRune(r)
-			esc = false
-		case r == '\\' && quote != '\'':
-			esc, inArg = true, true
-		case quote != 0:
-			if r == quote {
-				quote = 0
-			} else {
-				cur.WriteRune(r)
-			}
-		case r == '\'' || r == '"':
-			quote, inArg = r, true
-		case r == ' ' || r == '\t' || r == '\n':
-			if inArg {
-				args = append(args, cur.String())
-				cur.Reset()
-				inArg = false
-			}
-		default:
-			cur.WriteRune(r)
-			inArg = true
-		}
-	}
-	if quote != 0 || esc {
-		return nil, errors.New("unterminated quote or escape")
-	}
-	if inArg {
-		args = append(args, cur.String())
-	}
-	if len(args) == 0 {
-		return nil, errors.New("empty command")
-	}
-	return args, nil
 }

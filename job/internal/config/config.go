@@ -7,10 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"path"
 	"strings"
 	"time"
+
+	"github.com/k8secrets/k8secrets/internal/reloadspec"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -331,8 +332,10 @@ func (c Config) Validate() error {
 			if strings.TrimSpace(c.AgentImage) == "" {
 				bad("--agent-image is empty; name the agent image or pass --no-agent")
 			}
-			if err := CheckReload(c.Reload); err != nil {
-				bad("--reload %q: %v", c.Reload, err)
+			// The agent's own parser: a spec it would refuse at start
+			// (signal:SIGHUPP) must not cost a rollout and a rollback.
+			if _, err := reloadspec.Parse(c.Reload); err != nil {
+				bad("%v", err)
 			}
 		}
 	}
@@ -352,33 +355,4 @@ func (c Config) Validate() error {
 		bad("--log-format %q: must be text or json", c.LogFormat)
 	}
 	return errors.Join(errs...)
-}
-
-// CheckReload checks the syntax of an agent reload spec; the agent checks
-// the rest when it starts.
-func CheckReload(spec string) error {
-	mode, arg, hasArg := strings.Cut(spec, ":")
-	switch mode {
-	case "restart":
-		if hasArg {
-			return errors.New("restart takes no argument")
-		}
-	case "signal":
-		name := strings.TrimPrefix(strings.ToUpper(arg), "SIG")
-		if name == "" || strings.IndexFunc(name, func(r rune) bool { return (r < 'A' || r > 'Z') && (r < '0' || r > '9') }) >= 0 {
-			return errors.New("want signal:NAME, e.g. signal:SIGHUP")
-		}
-	case "http":
-		u, err := url.Parse(arg)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return errors.New("want http:URL with an http or https URL, e.g. http:http://localhost:8080/-/reload")
-		}
-	case "exec":
-		if strings.TrimSpace(arg) == "" {
-			return errors.New("want exec:COMMAND")
-		}
-	default:
-		return errors.New("must be restart, signal:NAME, http:URL or exec:COMMAND")
-	}
-	return nil
 }
