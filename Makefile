@@ -122,11 +122,16 @@ load-images: cluster-tool ## Load IMAGES into the cluster (default: those of k8s
 # timing flakes that say nothing about the code (shared/offline-cluster.md).
 # A test that fails twice fails the run. Unit tests get no rerun.
 GOTESTSUM := $(GO) run gotest.tools/gotestsum@v1.13.0
+# The rerun list is printed whether or not the reruns passed, so a flaky
+# test shows in every CI log.
+E2E_RERUNS := $(CACHE_DIR)/e2e-reruns.txt
 
 e2e: cluster images load-images kube-binaries ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
-	cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) E2E_IMAGE_TAG=$(VERSION) E2E_BIN=$(BIN) E2E_KUBECTL=$(KUBE_BIN)/kubectl \
-		$(GOTESTSUM) --format testname --rerun-fails=1 --rerun-fails-max-failures=3 --packages ./... \
-		-- -tags e2e -p 1 -count=1 -timeout 40m
+	rm -f $(E2E_RERUNS); cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) E2E_IMAGE_TAG=$(VERSION) E2E_BIN=$(BIN) E2E_KUBECTL=$(KUBE_BIN)/kubectl \
+		$(GOTESTSUM) --format testname --rerun-fails=1 --rerun-fails-max-failures=3 --rerun-fails-report=$(E2E_RERUNS) --packages ./... \
+		-- -tags e2e -p 1 -count=1 -timeout 40m; rc=$$?; \
+		if [ -s $(E2E_RERUNS) ]; then echo "--- e2e: tests that failed once and were rerun (flaky unless the rerun failed too):"; cat $(E2E_RERUNS); else echo "--- e2e: no test was rerun"; fi; \
+		exit $$rc
 
 ##@ Demo
 

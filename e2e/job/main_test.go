@@ -138,6 +138,7 @@ func (s *suite) createSecret(ctx context.Context, t *testing.T, ns, name string)
 	if err != nil {
 		t.Fatalf("create secret %s/%s: %v", ns, name, err)
 	}
+	s.GuardSecrets(t, ns, v)
 	return v
 }
 
@@ -198,10 +199,8 @@ func (p *proc) wait(t *testing.T, secrets [][]byte) result {
 	default:
 		t.Fatalf("run k8secrets-job: %v", p.err)
 	}
-	for _, v := range secrets {
-		if bytes.Contains(p.stdout.Bytes(), v) || bytes.Contains(p.stderr.Bytes(), v) {
-			t.Fatalf("k8secrets-job %v printed a Secret's value (output withheld)", p.cmd.Args[1:])
-		}
+	if framework.Leaked(p.stdout.Bytes(), secrets...) || framework.Leaked(p.stderr.Bytes(), secrets...) {
+		t.Fatalf("k8secrets-job %v printed a Secret's value, raw, base64 or hex (output withheld)", p.cmd.Args[1:])
 	}
 	return r
 }

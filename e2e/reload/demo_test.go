@@ -174,6 +174,20 @@ func createSecret(ctx context.Context, t *testing.T, c *framework.Cluster, ns, n
 	if err != nil {
 		t.Fatalf("create secret %s/%s: %v", ns, name, err)
 	}
+	guardSecret(t, c, ns, data)
+}
+
+// guardSecret fails the test if the values of data that are secret (not
+// the "version" marker, not a public certificate) reach an Event or a
+// k8secrets container's log in ns.
+func guardSecret(t *testing.T, c *framework.Cluster, ns string, data map[string][]byte) {
+	var values [][]byte
+	for k, v := range data {
+		if k != "version" && k != corev1.TLSCertKey && k != "ca.crt" {
+			values = append(values, v)
+		}
+	}
+	c.GuardSecrets(t, ns, values...)
 }
 
 // updateSecret replaces the Secret's data with data (its "version" key says
@@ -189,6 +203,7 @@ func updateSecret(ctx context.Context, t *testing.T, c *framework.Cluster, ns, n
 	if _, err := c.Client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("update secret %s/%s to version %s: %v", ns, name, data["version"], err)
 	}
+	guardSecret(t, c, ns, data)
 }
 
 // opaque is the data of an Opaque Secret at a version, with a fresh password.
