@@ -12,7 +12,9 @@ import (
 	"syscall"
 
 	"github.com/k8secrets/k8secrets/agent/internal/config"
+	"github.com/k8secrets/k8secrets/agent/internal/reload"
 	"github.com/k8secrets/k8secrets/internal/version"
+	"github.com/k8secrets/k8secrets/internal/wellknown"
 )
 
 func main() {
@@ -20,7 +22,8 @@ func main() {
 }
 
 // mainCode is main without os.Exit: 0 on a clean stop, 2 on a bad
-// configuration, 1 on any other error.
+// configuration, 1 on any other error, and wellknown.RestartAllExitCode
+// (87) only when restart-all asks the kubelet to restart the pod.
 func mainCode(args []string) int {
 	cfg, err := config.Load(args, os.Stdout)
 	if errors.Is(err, config.ErrHelp) {
@@ -38,6 +41,11 @@ func mainCode(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, cfg, logger); err != nil {
+		if errors.Is(err, reload.ErrRestartAll) {
+			// The one code the container's restartPolicyRules name.
+			logger.Info("exiting so that the kubelet restarts every container of the pod", "reason", err.Error(), "exitCode", wellknown.RestartAllExitCode)
+			return wellknown.RestartAllExitCode
+		}
 		logger.Error("k8secrets-agent failed", "err", err)
 		return 1
 	}

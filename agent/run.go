@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/k8secrets/k8secrets/agent/internal/certs"
@@ -31,8 +35,15 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
 	defer ln.Close()
 	m := metrics.New(version.Version)
-	actions, err := buildActions(cfg)
+	// restart-all ends the agent on purpose: exit cancels everything with
+	// a cause that main turns into the exit code of the restart rule.
+	ctx, exit := context.WithCancelCause(ctx)
+	defer exit(nil)
+	actions, err := buildActions(cfg, exit)
 	if err != nil {
+		return err
+	}
+	if err := restartAllAtStart(actions, logger); err != nil {
 		return err
 	}
 
@@ -86,6 +97,9 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	}
 	// Everything stops with ctx, promptly: SIGTERM must end the agent
 	// within a second.
+	if cause := context.Cause(ctx); errors.Is(cause, reload.ErrRestartAll) {
+		runErr = cause
+	}
 	cancel()
 	<-runnerDone
 	if watchErr != nil {
@@ -100,7 +114,46 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	return runErr
 }
 
-func buildActions(cfg config.Config) ([]reload.Action, error) {
+// restartAllAtStart restarts the pod at once, in restart-all mode, when the
+// content changed while the agent was down (its state dir says the pod last
+// restarted for other content): otherwise that update would wait for the
+// next one.
+func restartAllAtStart(actions []reload.Action, logger *slog.Logger) error {
+	for _, a := range actions {
+		ra, ok := a.(*reload.RestartAll)
+		if !ok {
+			continue
+		}
+		changed, err := ra.Start()
+		if err != nil {
+			return err
+		}
+		if changed {
+			logger.Info("the content changed while the agent was down; restarting every container of the pod for it")
+			return ra.Reload(context.Background())
+		}
+	}
+	return nil
+}
+
+// contentID identifies what the watched directories hold now: their
+// digests, in order (never their data).
+func contentID(dirs []string) func() (string, error) {
+	return func() (string, error) {
+		var b strings.Builder
+		for _, d := range dirs {
+			s, err := watch.Read(d)
+			if err != nil {
+				return "", fmt.Errorf("read %s: %w", d, err)
+			}
+			b.WriteString(s.Digest)
+		}
+		sum := sha256.Sum256([]byte(b.String()))
+		return hex.EncodeToString(sum[:]), nil
+	}
+}
+
+func buildActions(cfg config.Config, exit func(error)) ([]reload.Action, error) {
 	codes, err := config.ParseCodes(cfg.HTTPSuccessCodes)
 	if err != nil {
 		return nil, err
@@ -117,6 +170,8 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 			actions = append(actions, &reload.Signal{Sig: r.Signal, Target: target})
 		case "restart":
 			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
+		case "restart-all":
+			actions = append(actions, &reload.RestartAll{StateDir: cfg.StateDir, Content: contentID(cfg.Watch), Exit: exit})
 		case "http":
 			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout})
 		case "exec":

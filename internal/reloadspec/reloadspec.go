@@ -16,7 +16,7 @@ import (
 
 // Reload is one parsed --reload spec.
 type Reload struct {
-	Kind   string // "signal", "restart", "http" or "exec"
+	Kind   string // "signal", "restart", "restart-all", "http" or "exec"
 	Signal syscall.Signal
 	URL    *url.URL
 	Args   []string
@@ -31,6 +31,11 @@ func Parse(spec string) (Reload, error) {
 			return Reload{}, fmt.Errorf("--reload %q: restart takes no argument", spec)
 		}
 		return Reload{Kind: "restart"}, nil
+	case "restart-all":
+		if arg != "" {
+			return Reload{}, fmt.Errorf("--reload %q: restart-all takes no argument", spec)
+		}
+		return Reload{Kind: "restart-all"}, nil
 	case "signal":
 		sig := unix.SignalNum(strings.ToUpper(arg))
 		if sig == 0 {
@@ -56,7 +61,7 @@ func Parse(spec string) (Reload, error) {
 		}
 		return Reload{Kind: "exec", Args: args}, nil
 	default:
-		return Reload{}, fmt.Errorf("--reload %q: not one of signal:NAME, restart, http:URL, exec:COMMAND", redact(spec))
+		return Reload{}, fmt.Errorf("--reload %q: not one of signal:NAME, restart, restart-all, http:URL, exec:COMMAND", redact(spec))
 	}
 }
 

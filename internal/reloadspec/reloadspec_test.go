@@ -13,6 +13,7 @@ func TestParse(t *testing.T) {
 		want Reload
 	}{
 		{"restart", Reload{Kind: "restart"}},
+		{"restart-all", Reload{Kind: "restart-all"}},
 		{"signal:SIGHUP", Reload{Kind: "signal", Signal: syscall.SIGHUP}},
 		{"signal:usr1", Reload{Kind: "signal", Signal: syscall.SIGUSR1}},
 		{"signal:1", Reload{Kind: "signal", Signal: syscall.SIGHUP}},
@@ -33,6 +34,9 @@ func TestParse(t *testing.T) {
 	got, err := Parse("http://user:secret@127.0.0.1:8080/-/reload")
 	if err == nil || strings.Contains(err.Error(), "secret") {
 		t.Errorf("Parse(http URL without prefix) = %+v, %v; want an error without the password", got, err)
+	}
+	if _, err := Parse("restart-all:now"); err == nil {
+		t.Error("Parse(restart-all:now) = nil error")
 	}
 	if _, err := Parse("exec:'unterminated"); err == nil {
 		t.Error("Parse(unterminated quote) = nil error")

@@ -43,4 +43,17 @@ const (
 	// AgentUID is the agent's user when the app's user is unknown: the
 	// distroless "nonroot" user, as in the images.
 	AgentUID = 65532
+
+	// RestartAllExitCode is the agent's exit code in --reload=restart-all
+	// mode: its container's restartPolicyRules tell the kubelet to restart
+	// every container of the pod in place on exactly this code (KEP-5532).
+	// The agent exits with it only on purpose, once per content: never for
+	// an error (1), a bad configuration (2), a Go runtime crash (2) or a
+	// signal (128+n), since the kubelet applies no crash-loop backoff to it.
+	RestartAllExitCode = 87
+	// AgentStateDir holds, on an emptyDir that outlives the agent's
+	// container restarts, the content the agent last restarted the pod for.
+	AgentStateDir = "/var/run/k8secrets-agent/state"
+	// StateVolumeSuffix: VolumePrefix + ID + StateVolumeSuffix names it.
+	StateVolumeSuffix = "-state"
 )

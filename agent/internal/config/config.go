@@ -39,6 +39,7 @@ type Config struct {
 	Reload           []string
 	Process          string
 	PIDFile          string
+	StateDir         string
 	HTTPMethod       string
 	HTTPSuccessCodes string
 	HTTPTimeout      time.Duration
@@ -99,6 +100,11 @@ Reload specs (repeatable, run in order):
   signal:NAME   send a signal (e.g. signal:SIGHUP) to the target processes
   restart       end the target processes (SIGTERM, SIGKILL after
                 --restart-grace) so the kubelet restarts their containers
+  restart-all   exit with code 87, on which the agent's restartPolicyRules
+                (action RestartAllContainers, Kubernetes 1.36+) make the
+                kubelet restart every container of the pod in place; once
+                per content (--state-dir remembers it across restarts); the
+                only spec when used
   http:URL      send --http-method to URL
   exec:COMMAND  run COMMAND in the agent's container (split like a shell
                 would, without a shell)
@@ -131,6 +137,7 @@ func newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.StringArray("reload", nil, "how to reload: signal:NAME, restart, http:URL or exec:COMMAND (repeatable)")
 	fs.String("process", "", "target the processes named NAME (comm or executable base name)")
 	fs.String("pidfile", "", "target the process whose PID is in this file")
+	fs.String("state-dir", "", "restart-all: a writable directory that outlives the agent's restarts (an emptyDir), to restart the pod once per content and catch changes made while the agent was down")
 	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
 	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
 	fs.Duration("http-timeout", d.HTTPTimeout, "timeout of an http: reload")
@@ -199,6 +206,7 @@ func Load(args []string, out io.Writer) (Config, error) {
 	c.Reload = r.list("reload")
 	c.Process = v.GetString("process")
 	c.PIDFile = v.GetString("pidfile")
+	c.StateDir = v.GetString("state-dir")
 	c.HTTPMethod = v.GetString("http-method")
 	c.HTTPSuccessCodes = v.GetString("http-success-codes")
 	c.HTTPTimeout = r.duration("http-timeout")
@@ -307,7 +315,7 @@ func (c Config) problems() []error {
 	if len(c.Reload) == 0 {
 		add("--reload: at least one spec is required (signal:NAME, restart, http:URL or exec:COMMAND)")
 	}
-	targets := false
+	targets, restartAll := false, false
 	for _, s := range c.Reload {
 		r, err := reloadspec.Parse(s)
 		if err != nil {
@@ -315,6 +323,13 @@ func (c Config) problems() []error {
 			continue
 		}
 		targets = targets || r.Kind == "signal" || r.Kind == "restart"
+		restartAll = restartAll || r.Kind == "restart-all"
+	}
+	if restartAll && len(c.Reload) > 1 {
+		add("--reload restart-all: must be the only spec (it restarts every container of the pod)")
+	}
+	if c.StateDir != "" && !restartAll {
+		add("--state-dir: only used by --reload restart-all")
 	}
 	if c.Process != "" && c.PIDFile != "" {
 		add("--process and --pidfile: set at most one")
