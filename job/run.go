@@ -189,7 +189,9 @@ func (j *job) plan(ctx context.Context, workloads []workload.Workload) ([]plan.C
 		Agent: cfg.Agent, AgentImage: cfg.AgentImage, Reload: cfg.Reload,
 	}
 	if cfg.Command == config.Inject && cfg.Agent {
-		opts.NativeSidecar = j.nativeSidecars()
+		sv := j.serverVersion()
+		opts.NativeSidecar = sv != nil && sv.AtLeast(version.MajorMinor(1, 29))
+		opts.RestartAllContainers = sv != nil && sv.AtLeast(version.MajorMinor(1, 36))
 	}
 	var changes []plan.Change
 	var errs []error
@@ -220,18 +222,20 @@ func (j *job) plan(ctx context.Context, workloads []workload.Workload) ([]plan.C
 	return changes, nil
 }
 
-// nativeSidecars tells whether the API server runs Kubernetes 1.29 or later,
-// where init containers with restartPolicy Always are sidecars.
-func (j *job) nativeSidecars() bool {
+// serverVersion is the API server's Kubernetes version, nil if unknown. It
+// decides what the agent can be: a native sidecar (an init container with
+// restartPolicy Always, 1.29 and later), with restart rules that restart
+// every container (restart-all, 1.36 and later).
+func (j *job) serverVersion() *version.Version {
 	v, err := j.client.Discovery().ServerVersion()
 	if err == nil {
 		var sv *version.Version
 		if sv, err = version.ParseGeneric(v.GitVersion); err == nil {
-			return sv.AtLeast(version.MajorMinor(1, 29))
+			return sv
 		}
 	}
 	j.log.Warn("server version unknown; adding the agent as a regular container", "error", err)
-	return false
+	return nil
 }
 
 func entry(w workload.Workload, result, detail string) record.Entry {

@@ -163,7 +163,7 @@ Command-line flags win over the environment, which wins over the file.
 		fs.Bool("agent", true, "add the k8secrets reload agent as a sidecar")
 		fs.Bool("no-agent", false, "do not add the reload agent (same as --agent=false)")
 		fs.String("agent-image", DefaultAgentImage(), "image of the reload agent")
-		fs.String("reload", "restart", "how the agent reloads the app when the Secret changes: restart (restart the app's container in place), signal:SIGHUP (signal the app's process), http:URL (call the app)")
+		fs.String("reload", "restart", "how the agent reloads the app when the Secret changes: restart (restart the app's container in place), restart-all (the kubelet restarts every container of the pod in place; Kubernetes 1.36+), signal:SIGHUP (signal the app's process), http:URL (call the app)")
 	})
 	mk(Remove, "Undo an injection: volume, mounts, agent and marks, rolled out the same safe way", func(fs *pflag.FlagSet) {
 		selection(fs, true)

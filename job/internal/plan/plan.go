@@ -37,6 +37,10 @@ type Options struct {
 	// Always (Kubernetes 1.29 and later), so it starts before the app and
 	// does not keep Jobs' pods alive; otherwise it is a regular container.
 	NativeSidecar bool
+	// RestartAllContainers: the server offers container restart rules with
+	// the RestartAllContainers action (Kubernetes 1.36 and later), which
+	// --reload restart-all needs.
+	RestartAllContainers bool
 }
 
 // Change is what the Job will do to one workload.
@@ -55,6 +59,9 @@ type Change struct {
 	Apply any
 	// Notes are warnings the report shows with the change.
 	Notes []string
+	// Check, if set, judges the pod template the server-side dry-run
+	// returned: a field the server dropped silently is a rejection.
+	Check func(*corev1.PodTemplateSpec) error
 }
 
 // FieldManager is the server-side apply manager of the injection id.
@@ -104,6 +111,9 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 	if err != nil {
 		return Change{}, err
 	}
+	if o.Agent && reloadMode(o.Reload) == "restart-all" && !(o.NativeSidecar && o.RestartAllContainers) {
+		return Change{}, fmt.Errorf("%w: %s: --reload restart-all needs container restart rules with the RestartAllContainers action (Kubernetes 1.36 or later), which this API server does not offer; use --reload restart", ErrConflict, w)
+	}
 	if err := checkConflicts(w, tmpl, vol, o, containers); err != nil {
 		return Change{}, err
 	}
@@ -119,6 +129,10 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 	if o.Agent {
 		agent, notes := agentContainer(tmpl, id, o, containers, mount())
 		ch.Notes = append(ch.Notes, notes...)
+		if reloadMode(o.Reload) == "restart-all" {
+			withRestartAll(spec, agent, id)
+			ch.Check = keepsRestartRule(id)
+		}
 		if o.NativeSidecar {
 			spec.WithInitContainers(agent.WithRestartPolicy(corev1.ContainerRestartPolicyAlways))
 		} else {

@@ -115,7 +115,7 @@ func restarts(p *corev1.Pod, agent string) bool {
 			continue
 		}
 		for _, a := range c.Args {
-			if a == "--reload=restart" {
+			if a == "--reload=restart" || a == "--reload=restart-all" {
 				return true
 			}
 		}

@@ -119,6 +119,8 @@ func (r *Roller) DryRun(ctx context.Context, changes []plan.Change, each func(i 
 				errs[i] = fmt.Errorf("%w: %s: %v", ErrRejected, ch.Workload, err)
 			case err != nil:
 				errs[i] = fmt.Errorf("dry-run %s: %w", ch.Workload, err)
+			case ch.Check != nil && ch.Check(workload.Template(obj)) != nil:
+				errs[i] = fmt.Errorf("%w: %s: %v", ErrRejected, ch.Workload, ch.Check(workload.Template(obj)))
 			case each != nil:
 				each(i, obj)
 			}
