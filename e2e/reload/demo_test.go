@@ -445,7 +445,9 @@ func checkInjected(t *testing.T, p *corev1.Pod, secret, reload string) {
 	if !contains(a.Args, "--reload="+reload) || !contains(a.Args, "--watch="+mountPath(secret)) {
 		t.Errorf("pod %s: agent args %q; want --reload=%s and --watch=%s", p.Name, a.Args, reload, mountPath(secret))
 	}
-	if reload != "" && !strings.HasPrefix(reload, "http:") {
+	// Only a signal or a restart of the app's own process needs its user
+	// and its PID namespace; restart-all asks the kubelet instead.
+	if reload == "restart" || strings.HasPrefix(reload, "signal:") {
 		if a.SecurityContext == nil || a.SecurityContext.RunAsUser == nil || *a.SecurityContext.RunAsUser != appUID {
 			t.Errorf("pod %s: agent does not run as the app's user %d", p.Name, appUID)
 		}
