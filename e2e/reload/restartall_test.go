@@ -155,6 +155,7 @@ func TestRestartAllAgentKilledNoLoop(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no pod whose app runs while its agent was killed 3 times: %v", err)
 	}
+	t.Logf("pod %s: the agent was restarted %d times, the app %d times", pod.Name, restarts(pod, agent), restarts(pod, appContainer))
 	if r := restarts(pod, appContainer); r != 0 {
 		t.Errorf("pod %s: app restartCount %d while the agent was killed %d times; want 0 (only the agent restarts)", pod.Name, r, restarts(pod, agent))
 	}
