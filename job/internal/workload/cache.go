@@ -3,10 +3,12 @@ package workload
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -27,6 +29,10 @@ type Cache struct {
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
+	// denied ends Start with the first list or watch the server refused
+	// (403, 401): a reflector retries those forever, and the Job would wait
+	// for a sync that never comes instead of naming the missing verb.
+	denied func(error)
 }
 
 // NewCache sets up the informers; Start fills them.
@@ -46,6 +52,7 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 		}
 		return obj, nil
 	})
+	c.onDenied(ReplicaSetKind, rsInf)
 	c.rs = apps.ReplicaSets().Lister().ReplicaSets(namespace)
 	c.deploy = apps.Deployments().Lister().Deployments(namespace)
 	c.sts = apps.StatefulSets().Lister().StatefulSets(namespace)
@@ -55,6 +62,7 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 		StatefulSet: apps.StatefulSets().Informer(),
 		DaemonSet:   apps.DaemonSets().Informer(),
 	} {
+		c.onDenied(string(kind), inf)
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { c.notify(kind, obj) },
 			UpdateFunc: func(_, obj any) { c.notify(kind, obj) },
@@ -69,11 +77,39 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 	return c
 }
 
+// ReplicaSetKind names the ReplicaSet informer in errors.
+const ReplicaSetKind = "ReplicaSet"
+
+// onDenied makes a refused list or watch of inf end Start with the refusal.
+func (c *Cache) onDenied(kind string, inf cache.SharedIndexInformer) {
+	_ = inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+			c.mu.Lock()
+			denied := c.denied
+			c.mu.Unlock()
+			if denied != nil {
+				denied(fmt.Errorf("list and watch %ss: %w", strings.ToLower(kind), err))
+			}
+		}
+		cache.DefaultWatchErrorHandler(ctx, r, err)
+	})
+}
+
 // Start runs the informers until ctx ends and waits for their first list.
+// A list or watch the server refuses ends it at once with that error (it
+// wraps the API's Forbidden, which names the verb and resource).
 func (c *Cache) Start(ctx context.Context) error {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c.mu.Lock()
+	c.denied = cancel
+	c.mu.Unlock()
 	c.factory.Start(ctx.Done())
-	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+	for typ, ok := range c.factory.WaitForCacheSync(sctx.Done()) {
 		if !ok {
+			if cause := context.Cause(sctx); ctx.Err() == nil && cause != nil {
+				return cause
+			}
 			return fmt.Errorf("list and watch %v: cache did not sync: %w", typ, context.Cause(ctx))
 		}
 	}
