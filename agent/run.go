@@ -118,7 +118,7 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 		case "restart":
 			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
 		case "http":
-			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout})
+			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout, CAFile: cfg.HTTPCAFile})
 		case "exec":
 			actions = append(actions, &reload.Exec{Args: r.Args, Timeout: cfg.ExecTimeout})
 		}
