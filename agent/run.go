@@ -54,6 +54,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
 		Gate:           watcher.Invalid,
+		OnSuccess:      watcher.Reloaded,
 		Logger:         logger,
 		Metrics:        m,
 	})
