@@ -47,15 +47,25 @@ func TestTLSNotBeforeAhead(t *testing.T) {
 	b := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeTLS, tlsData("v1", cert, key), 1, "signal:SIGHUP")[0]
 	pod := b.pod.Name
 	refusedGauge := []string{"k8secrets_agent_content_refused", `path="` + mountPath(secret) + `"`}
+	const refusals = "k8secrets_agent_invalid_content_total"
+	before, err := agentMetric(ctx, c, ns, pod, refusals)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	notBefore := time.Now().Add(20 * time.Second).Truncate(time.Second)
 	aheadCert, aheadKey := tlsPair(t, notBefore, notBefore.Add(24*time.Hour))
 	updateSecret(ctx, t, c, ns, secret, tlsData("v2", aheadCert, aheadKey))
 	refresh(ctx, t, c, ns, secret)
-	if _, err := waitMetric(ctx, c, ns, pod, refreshed, func(v float64) bool { return v == 1 }, refusedGauge[0], refusedGauge[1:]...); err != nil {
+	if _, err := waitMetric(ctx, c, ns, pod, refreshed, func(v float64) bool { return v > before }, refusals); err != nil {
 		t.Fatalf("certificate with NotBefore %s not refused: %v", notBefore.Format(time.RFC3339), err)
 	}
 	seenRefused := time.Now()
+	if v, err := agentMetric(ctx, c, ns, pod, refusedGauge[0], refusedGauge[1:]...); err != nil {
+		t.Error(err)
+	} else if v != 1 {
+		t.Errorf("pod %s: %s = %v while the certificate is refused; want 1", pod, refusedGauge[0], v)
+	}
 	if !seenRefused.Before(notBefore.Add(-agentSkew)) {
 		t.Fatalf("the refusal was seen at %s, after the certificate became valid (%s): the cluster was too slow to prove anything", seenRefused.Format(time.RFC3339Nano), notBefore.Add(-agentSkew).Format(time.RFC3339))
 	}
