@@ -66,7 +66,7 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 	defer os.RemoveAll(tmp)
 	if binary == "" {
 		binary = filepath.Join(tmp, "k8secrets-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, "./agent")
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", binary, "./agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
