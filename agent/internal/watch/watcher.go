@@ -374,7 +374,12 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		// What the app read at its start.
 		d.gated = d.version
 		w.opts.Metrics.Loaded(d.path, d.version)
+	} else {
+		// Notify first: the reload need not wait for metrics and logs.
+		w.notify(d)
 	}
+	w.mu.Unlock()
+
 	w.opts.Metrics.WatchedFiles(d.path, len(snap.Files))
 	if len(snap.Outside) > 0 {
 		w.log.Warn("symlinks out of the watched directory are not followed", "path", d.path, "names", snap.Outside)
@@ -384,14 +389,11 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		w.log.Warn("invalid content; not reloading until it is fixed or valid", "path", d.path, "err", invalid)
 	}
 	if first {
-		w.mu.Unlock()
 		w.log.Info("watching", "path", d.path, "files", len(snap.Files))
 		return
 	}
 	w.opts.Metrics.ContentChange(d.path)
 	w.log.Info("content changed", "path", d.path, "files", len(snap.Files), "found_by", reason)
-	w.notify(d)
-	w.mu.Unlock()
 }
 
 // validate judges d's content (files) and keeps the result; d.mu held.
