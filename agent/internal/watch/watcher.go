@@ -447,8 +447,14 @@ func (w *Watcher) arm(t *time.Timer) {
 	}
 	t.Stop()
 	if !next.IsZero() {
-		// A little after, so that the clock has passed it.
-		t.Reset(time.Until(next) + 10*time.Millisecond)
+		// A little after, so that the clock has passed it; a time already
+		// past that was judged still refused is tried again in a second,
+		// not in a loop.
+		wait := time.Until(next) + 10*time.Millisecond
+		if wait <= 0 {
+			wait = time.Second
+		}
+		t.Reset(wait)
 	}
 }
 
