@@ -11,6 +11,10 @@ endif
 BIN       := $(CURDIR)/bin
 GO        ?= go
 GOFLAGS_BUILD := -trimpath -ldflags "-s -w -X $(MODULE)/internal/version.Version=$(VERSION)"
+# The agent speaks HTTP/1.1 only (probes, scrapes, a local reload endpoint):
+# without net/http's bundled HTTP/2 it is 0.55 MB smaller and 0.6 MiB lighter
+# in RSS (make bench-agent).
+AGENT_TAGS    := -tags nethttpomithttp2
 
 # Versions of everything the tests and the kind cluster build; pinned here only.
 include hack/versions.mk
@@ -32,7 +36,7 @@ help: ## Show this help.
 .PHONY: build
 build: ## Build static binaries of the Job, the agent and the demo app into bin/.
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-job ./job
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) $(AGENT_TAGS) -o $(BIN)/k8secrets-agent ./agent
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-demo ./demo
 
 .PHONY: images
@@ -64,7 +68,7 @@ clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
 
 .PHONY: bench-agent
 bench-agent: ## Measure the stripped agent: swap-to-reload latency, burst reloads, idle RSS, binary size.
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-agent ./agent
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) $(AGENT_TAGS) -o $(BIN)/k8secrets-agent ./agent
 	$(GO) run ./agent/cmd/bench -binary $(BIN)/k8secrets-agent
 
 BENCH_N ?= 1000

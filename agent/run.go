@@ -65,6 +65,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
 		Gate:           watcher.Invalid,
+		OnSuccess:      watcher.Reloaded,
 		Logger:         logger,
 		Metrics:        m,
 	})
@@ -173,7 +174,7 @@ func buildActions(cfg config.Config, exit func(error)) ([]reload.Action, error) 
 		case "restart-all":
 			actions = append(actions, &reload.RestartAll{StateDir: cfg.StateDir, Content: contentID(cfg.Watch), Exit: exit})
 		case "http":
-			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout})
+			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout, CAFile: cfg.HTTPCAFile})
 		case "exec":
 			actions = append(actions, &reload.Exec{Args: r.Args, Timeout: cfg.ExecTimeout})
 		}

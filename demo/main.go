@@ -72,6 +72,8 @@ func (s *state) load() error {
 func main() {
 	dir := flag.String("secret-dir", "/var/run/secrets/k8secrets/demo-secret", "directory of the mounted Secret (it may appear later)")
 	listen := flag.String("listen", ":8080", "address to serve on")
+	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address, with tls.crt and tls.key of --tls-dir (read at start)")
+	tlsDir := flag.String("tls-dir", "", "directory of the HTTPS certificate and key")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
@@ -111,7 +113,24 @@ func main() {
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, os.Interrupt)
-	go func() { <-term; _ = srv.Close() }()
+	var tlsSrv *http.Server
+	if *tlsListen != "" {
+		tlsSrv = &http.Server{Addr: *tlsListen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			err := tlsSrv.ListenAndServeTLS(filepath.Join(*tlsDir, "tls.crt"), filepath.Join(*tlsDir, "tls.key"))
+			if err != nil && err != http.ErrServerClosed {
+				log.Error("serve HTTPS", "error", err)
+				os.Exit(1)
+			}
+		}()
+	}
+	go func() {
+		<-term
+		if tlsSrv != nil {
+			_ = tlsSrv.Close()
+		}
+		_ = srv.Close()
+	}()
 	if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
 		log.Error("serve", "error", err)
 		os.Exit(1)

@@ -65,11 +65,23 @@ func Parse(spec string) (Reload, error) {
 	}
 }
 
+// redact hides a URL's password and the values of its query (where reload
+// endpoints take tokens, e.g. ?token=).
 func redact(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
+	u, err := url.Parse(s)
+	if err != nil || (u.User == nil && u.RawQuery == "") {
+		return s
 	}
-	return s
+	if u.RawQuery != "" {
+		q := u.Query()
+		for _, vs := range q {
+			for i := range vs {
+				vs[i] = "xxxxx"
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
 }
 
 // splitCommand splits an exec: command into arguments like a shell would,

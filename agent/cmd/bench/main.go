@@ -1,11 +1,12 @@
 // Command bench measures k8secrets-agent as shipped: the stripped static
 // binary, run as a process against a local HTTP reload endpoint, with the
 // volume written exactly as the kubelet writes it. It prints the swap to
-// reload latency (p50, p99), the reloads for a burst of writes, the idle RSS
-// after start-up and the binary's size, each against its target, and exits
-// 1 if one is missed.
+// reload latency (p50, p99) and the reload calls each swap caused (more
+// than one is a defect), the reloads for a burst of writes, the RSS idle
+// after start-up and after 200 reloads, and the binary's size, each against
+// its target, and exits 1 if one is missed.
 //
-//	go run ./agent/cmd/bench [-swaps 300] [-burst 100] [-binary PATH]
+//	go run ./agent/cmd/bench [-swaps 1000] [-burst 100] [-binary PATH]
 package main
 
 import (
@@ -30,17 +31,23 @@ import (
 	"github.com/k8secrets/k8secrets/agent/internal/kubelettest"
 )
 
-// Targets from issue 3.
+// Targets from issue 10 (with the standard library's net/http): the RSS
+// targets are 85% of the most used sidecar of this kind measured the same
+// way (11.6 MiB after 200 reloads).
 const (
-	targetP50    = time.Millisecond
-	targetP99    = 5 * time.Millisecond
-	targetBurst  = 3
-	targetRSSMiB = 8.0
-	targetSizeMB = 10.0
+	targetP50         = 500 * time.Microsecond
+	targetP99         = 5 * time.Millisecond
+	targetBurst       = 3
+	targetRSSMiB      = 9.0
+	targetRSSAfterMiB = 9.8
+	rssAfterReloads   = 200
+	settle            = 2 * time.Second
+	minSwapsForP99    = 1000
+	targetSizeMB      = 10.0
 )
 
 func main() {
-	swaps := flag.Int("swaps", 300, "swaps for the latency (one at a time, --min-interval 0)")
+	swaps := flag.Int("swaps", 1000, "swaps for the latency (one at a time, --min-interval 0)")
 	burst := flag.Int("burst", 100, "writes in the burst (--min-interval 1s)")
 	binary := flag.String("binary", "", "agent binary to measure (default: build it stripped into a temporary directory)")
 	idle := flag.Duration("idle", 3*time.Second, "time after start-up before reading the RSS")
@@ -59,7 +66,7 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 	defer os.RemoveAll(tmp)
 	if binary == "" {
 		binary = filepath.Join(tmp, "k8secrets-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, "./agent")
+		cmd := exec.Command("go", "build", "-trimpath", "-tags", "nethttpomithttp2", "-ldflags", "-s -w", "-o", binary, "./agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -71,6 +78,8 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 		return err
 	}
 	sizeMB := float64(fi.Size()) / 1e6
+	// The figures depend on what else the machine runs: report its load.
+	loadStart := loadavg()
 
 	// Latency, and the idle RSS of the same process before it.
 	app := newApp()
@@ -102,7 +111,10 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 	rssScraped, _ := rssMiB(ag.cmd.Process.Pid)
 
 	var lat []time.Duration
-	stale := 0
+	stale, extra := 0, 0
+	var rssAfterN, rssSettled float64
+	var rssAfterNParts string
+	rssParts0 := rssParts(ag.cmd.Process.Pid)
 	for i := 1; i <= swaps; i++ {
 		want := strconv.Itoa(i)
 		if err := vol.WriteStrings(map[string]string{"password": want}); err != nil {
@@ -117,11 +129,24 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 		case <-time.After(5 * time.Second):
 			return fmt.Errorf("swap %d: no reload within 5s", i)
 		}
-		// One at a time: let the kubelet's sequence and the agent settle.
+		// One at a time: let the kubelet's sequence and the agent settle,
+		// then count every further call this swap caused: with
+		// --min-interval 0 a second call would already have arrived.
 		time.Sleep(10 * time.Millisecond)
-		app.drain()
+		extra += app.drain()
+		if i == rssAfterReloads {
+			rssAfterN, _ = rssMiB(ag.cmd.Process.Pid)
+			rssAfterNParts = rssParts(ag.cmd.Process.Pid)
+			// And once the agent has been idle a moment, as it is
+			// between two real Secret updates.
+			time.Sleep(settle)
+			rssSettled, _ = rssMiB(ag.cmd.Process.Pid)
+		}
 	}
+	time.Sleep(500 * time.Millisecond)
+	extra += app.drain()
 	rssAfter, _ := rssMiB(ag.cmd.Process.Pid)
+	rssAfterParts := rssParts(ag.cmd.Process.Pid)
 	ag.stop()
 	slices.Sort(lat)
 	p50, p99 := lat[len(lat)*50/100], lat[len(lat)*99/100]
@@ -166,16 +191,21 @@ func run(swaps, burst int, binary string, idle time.Duration) error {
 		return "MISSED"
 	}
 	fmt.Printf("k8secrets-agent benchmark (%s, %d bytes)\n", binary, fi.Size())
+	fmt.Printf("load average (1, 5, 15 min): %s at the start, %s at the end\n", loadStart, loadavg())
 	fmt.Printf("%-34s %12s %12s  %s\n", "measure", "value", "target", "")
 	fmt.Printf("%-34s %12s %12s  %s\n", fmt.Sprintf("swap->reload p50 (%d swaps)", len(lat)), ms(p50), "<= "+ms(targetP50), check(p50 <= targetP50))
-	fmt.Printf("%-34s %12s %12s  %s\n", fmt.Sprintf("swap->reload p99 (%d swaps)", len(lat)), ms(p99), "<= "+ms(targetP99), check(p99 <= targetP99))
+	fmt.Printf("%-34s %12s %12s  %s\n", fmt.Sprintf("swap->reload p99 (%d swaps)", len(lat)), ms(p99), "<= "+ms(targetP99), check(p99 <= targetP99 && len(lat) >= minSwapsForP99))
 	fmt.Printf("%-34s %12s %12s  %s\n", "swap->reload min / max", ms(lat[0])+" / "+ms(lat[len(lat)-1]), "", "")
 	fmt.Printf("%-34s %12d %12s  %s\n", "reloads reading stale content", stale, "0", check(stale == 0))
+	fmt.Printf("%-34s %12d %12s  %s\n", "extra reload calls (double reloads)", extra, "0", check(extra == 0))
 	fmt.Printf("%-34s %12d %12s  %s\n", fmt.Sprintf("reloads for %d writes in %s", burst, burstTook.Round(time.Millisecond)), len(reloads), fmt.Sprintf("<= %d", targetBurst), check(len(reloads) <= targetBurst))
 	fmt.Printf("%-34s %12v %12s  %s\n", "last burst reload saw final write", final, "true", check(final))
 	fmt.Printf("%-34s %10.1f MiB %8.1f MiB  %s\n", fmt.Sprintf("idle RSS (%s after start-up)", idle), rss, targetRSSMiB, check(rss <= targetRSSMiB))
 	fmt.Printf("%-34s %10.1f MiB %12s  %s\n", "RSS after a /metrics scrape", rssScraped, "", "")
-	fmt.Printf("%-34s %10.1f MiB %12s  %s\n", "RSS after the latency run", rssAfter, "", "")
+	fmt.Printf("%-34s %10.1f MiB %8.1f MiB  %s\n", fmt.Sprintf("RSS after %d reloads", rssAfterReloads), rssAfterN, targetRSSAfterMiB, check(rssAfterN > 0 && rssAfterN <= targetRSSAfterMiB))
+	fmt.Printf("%-34s %10.1f MiB %12s  %s\n", fmt.Sprintf("  same, %s later", settle), rssSettled, "", "")
+	fmt.Printf("%-34s %10.1f MiB %12s  %s\n", fmt.Sprintf("RSS after the latency run (%d)", len(lat)), rssAfter, "", "")
+	fmt.Printf("RSS parts (anon / file) idle: %s; after %d reloads: %s; after %d: %s\n", rssParts0, rssAfterReloads, rssAfterNParts, len(lat), rssAfterParts)
 	fmt.Printf("%-34s %11.2f MB %9.1f MB  %s\n", "stripped binary size", sizeMB, targetSizeMB, check(sizeMB <= targetSizeMB))
 	if !ok {
 		return errors.New("a target was missed")
@@ -218,13 +248,21 @@ func newApp() *app {
 
 func (a *app) len() int { return len(a.calls) }
 
-func (a *app) drain() {
+// drain empties the calls and returns how many there were.
+func (a *app) drain() int {
+	n := 0
 	for len(a.calls) > 0 {
 		<-a.calls
+		n++
 	}
+	return n
 }
 
 func (a *app) close() { a.srv.Close() }
+
+// verbose copies the agents' stderr (logs, GODEBUG=gctrace=1) to the
+// bench's.
+var verbose = os.Getenv("BENCH_VERBOSE") != ""
 
 type agentProc struct {
 	cmd    *exec.Cmd
@@ -248,6 +286,9 @@ func startAgent(binary, dir, url, minInterval string) (*agentProc, error) {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			if verbose {
+				fmt.Fprintf(os.Stderr, "agent: %s\n", sc.Bytes())
+			}
 			var rec struct {
 				Msg    string `json:"msg"`
 				Listen string `json:"listen"`
@@ -308,4 +349,36 @@ func rssMiB(pid int) (float64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+// loadavg is the first three fields of /proc/loadavg, as uptime prints them.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// rssParts is RssAnon / RssFile from /proc/PID/status, in MiB: the heap and
+// stacks against the binary's own pages.
+func rssParts(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	var parts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"RssAnon:", "RssFile:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+				parts = append(parts, fmt.Sprintf("%.1f", float64(kb)/1024))
+			}
+		}
+	}
+	return strings.Join(parts, " / ")
 }

@@ -20,10 +20,37 @@ const (
 // ErrInvalid wraps every problem Check finds.
 var ErrInvalid = errors.New("invalid TLS content")
 
+// Skew is how far a certificate's NotBefore may be ahead of this node's
+// clock and still count as valid: an issuer whose clock runs a few seconds
+// ahead (common right after a renewal) must not have its certificate
+// refused. It is small on purpose: a client with a correct clock rejects a
+// certificate before its NotBefore, so an app serving it early fails its
+// TLS handshakes for that long. NTP keeps nodes within well under a second
+// of each other; 5s covers an issuer a few seconds ahead. A certificate
+// further ahead is refused, and accepted without another update once the
+// clock reaches NotBefore minus Skew (see NotYetValidError).
+const Skew = 5 * time.Second
+
+// NotYetValidError is a certificate whose NotBefore is more than Skew
+// ahead. It wraps ErrInvalid.
+type NotYetValidError struct {
+	NotBefore time.Time
+}
+
+func (e *NotYetValidError) Error() string {
+	return fmt.Sprintf("%v: %s is not valid before %s", ErrInvalid, CertFile, e.NotBefore.UTC().Format(time.RFC3339))
+}
+
+// Unwrap makes the error match ErrInvalid.
+func (e *NotYetValidError) Unwrap() error { return ErrInvalid }
+
+// RetryAt is when the same content becomes valid.
+func (e *NotYetValidError) RetryAt() time.Time { return e.NotBefore.Add(-Skew) }
+
 // Check validates the tls.crt and tls.key in files, if both are present:
 // they parse, the key matches the certificate, and now is within the
-// certificate's validity. Other content is not checked. Errors never quote
-// the files.
+// certificate's validity (NotBefore up to Skew ahead). Other content is not
+// checked. Errors never quote the files.
 func Check(files map[string][]byte, now time.Time) error {
 	crt, okc := files[CertFile]
 	key, okk := files[KeyFile]
@@ -40,8 +67,8 @@ func Check(files map[string][]byte, now time.Time) error {
 			return fmt.Errorf("%w: parse %s: %v", ErrInvalid, CertFile, err)
 		}
 	}
-	if now.Before(leaf.NotBefore) {
-		return fmt.Errorf("%w: %s is not valid before %s", ErrInvalid, CertFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+	if now.Add(Skew).Before(leaf.NotBefore) {
+		return &NotYetValidError{NotBefore: leaf.NotBefore}
 	}
 	if now.After(leaf.NotAfter) {
 		return fmt.Errorf("%w: %s expired at %s", ErrInvalid, CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))

@@ -38,6 +38,8 @@ func TestCheck(t *testing.T) {
 	otherCrt, otherKey := pair(t, now.Add(-time.Hour), now.Add(time.Hour))
 	oldCrt, oldKey := pair(t, now.Add(-2*time.Hour), now.Add(-time.Hour))
 	futureCrt, futureKey := pair(t, now.Add(time.Hour), now.Add(2*time.Hour))
+	skewCrt, skewKey := pair(t, now.Add(Skew-time.Second), now.Add(time.Hour))
+	aheadCrt, aheadKey := pair(t, now.Add(Skew+time.Second), now.Add(time.Hour))
 	tests := []struct {
 		name    string
 		files   map[string][]byte
@@ -51,6 +53,8 @@ func TestCheck(t *testing.T) {
 		{"empty key", map[string][]byte{CertFile: otherCrt, KeyFile: nil}, "not a valid pair"},
 		{"expired", map[string][]byte{CertFile: oldCrt, KeyFile: oldKey}, "expired"},
 		{"not yet valid", map[string][]byte{CertFile: futureCrt, KeyFile: futureKey}, "not valid before"},
+		{"NotBefore within the skew", map[string][]byte{CertFile: skewCrt, KeyFile: skewKey}, ""},
+		{"NotBefore beyond the skew", map[string][]byte{CertFile: aheadCrt, KeyFile: aheadKey}, "not valid before"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -68,5 +72,24 @@ func TestCheck(t *testing.T) {
 				t.Fatal("Check() error quotes the file content")
 			}
 		})
+	}
+}
+
+// TestNotYetValidRetryAt: a certificate ahead of the clock says when the
+// same content becomes valid, and is valid then.
+func TestNotYetValidRetryAt(t *testing.T) {
+	now := time.Now()
+	nb := now.Add(time.Minute).Truncate(time.Second)
+	crt, key := pair(t, nb, now.Add(time.Hour))
+	files := map[string][]byte{CertFile: crt, KeyFile: key}
+	var nyv *NotYetValidError
+	if err := Check(files, now); !errors.As(err, &nyv) {
+		t.Fatalf("Check() = %v; want a NotYetValidError", err)
+	}
+	if want := nb.Add(-Skew); !nyv.RetryAt().Equal(want) {
+		t.Errorf("RetryAt() = %s; want %s", nyv.RetryAt(), want)
+	}
+	if err := Check(files, nyv.RetryAt()); err != nil {
+		t.Errorf("Check() at RetryAt = %v; want nil", err)
 	}
 }

@@ -4,7 +4,9 @@
 package config
 
 import (
+	"crypto/x509"
 	"encoding/csv"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +45,7 @@ type Config struct {
 	HTTPMethod       string
 	HTTPSuccessCodes string
 	HTTPTimeout      time.Duration
+	HTTPCAFile       string
 	ExecTimeout      time.Duration
 	RestartGrace     time.Duration
 	RestartJitter    time.Duration
@@ -141,6 +144,7 @@ func newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
 	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
 	fs.Duration("http-timeout", d.HTTPTimeout, "timeout of an http: reload")
+	fs.String("http-ca-file", "", "PEM bundle of the certificate authorities trusted for https: reloads, added to the system pool (the image has none); read again before each reload")
 	fs.Duration("exec-timeout", d.ExecTimeout, "timeout of an exec: reload")
 	fs.Duration("restart-grace", d.RestartGrace, "time between SIGTERM and SIGKILL for restart")
 	fs.Duration("restart-jitter", d.RestartJitter, "random delay up to this before restart, so replicas do not restart together")
@@ -210,6 +214,7 @@ func Load(args []string, out io.Writer) (Config, error) {
 	c.HTTPMethod = v.GetString("http-method")
 	c.HTTPSuccessCodes = v.GetString("http-success-codes")
 	c.HTTPTimeout = r.duration("http-timeout")
+	c.HTTPCAFile = v.GetString("http-ca-file")
 	c.ExecTimeout = r.duration("exec-timeout")
 	c.RestartGrace = r.duration("restart-grace")
 	c.RestartJitter = r.duration("restart-jitter")
@@ -310,6 +315,10 @@ func (c Config) problems() []error {
 	for _, w := range c.Watch {
 		if strings.TrimSpace(w) == "" {
 			add("--watch: empty directory")
+		} else if fi, err := os.Stat(w); err == nil && !fi.IsDir() {
+			// A missing directory is waited for; a file would be
+			// watched through a directory it is not the whole of.
+			add("--watch %s: is a file, not a directory; watch the directory it is in (a Secret volume's mount path)", w)
 		}
 	}
 	if len(c.Reload) == 0 {
@@ -336,6 +345,13 @@ func (c Config) problems() []error {
 	}
 	if !targets && (c.Process != "" || c.PIDFile != "") {
 		add("--process/--pidfile: only used by signal: and restart reloads")
+	}
+	if c.HTTPCAFile != "" {
+		if b, err := os.ReadFile(c.HTTPCAFile); err != nil {
+			add("--http-ca-file: %v", err)
+		} else if !hasPEMCertificate(b) {
+			add("--http-ca-file %s: no PEM certificate found", c.HTTPCAFile)
+		}
 	}
 	if c.HTTPMethod == "" || strings.ContainsAny(c.HTTPMethod, " \t/") {
 		add("--http-method: %q is not an HTTP method", c.HTTPMethod)
@@ -403,4 +419,21 @@ func ParseCodes(s string) (func(int) bool, error) {
 		}
 		return false
 	}, nil
+}
+
+// hasPEMCertificate reports whether b holds a PEM "CERTIFICATE" block that
+// parses.
+func hasPEMCertificate(b []byte) bool {
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return false
+		}
+		if blk.Type == "CERTIFICATE" {
+			if _, err := x509.ParseCertificate(blk.Bytes); err == nil {
+				return true
+			}
+		}
+	}
 }

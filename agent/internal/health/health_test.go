@@ -52,7 +52,7 @@ func TestServe(t *testing.T) {
 		{"head", true, true, "HEAD", "/healthz", 200, ""},
 		{"metrics", true, true, "GET", "/metrics", 200, "k8secrets_agent_resyncs_total 3"},
 		{"unknown path", true, true, "GET", "/", 404, "not found"},
-		{"post", true, true, "POST", "/healthz", 405, "method not allowed"},
+		{"post", true, true, "POST", "/healthz", 405, "Method Not Allowed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,6 +75,26 @@ func TestServe(t *testing.T) {
 	conn.Close()
 	if !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
 		t.Errorf("malformed request answered %q; want 400", b)
+	}
+
+	// Idle connections from anyone do not starve the probes: with 64 of
+	// them open, /healthz still answers (the hand-written server of
+	// before refused every connection beyond 16).
+	var idles []net.Conn
+	for range 64 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		idles = append(idles, c)
+	}
+	time.Sleep(50 * time.Millisecond) // let the server accept them all
+	alive.Store(true)
+	if code, body := get("GET", "/healthz"); code != 200 {
+		t.Errorf("GET /healthz with 64 idle connections open = %d %q; want 200", code, body)
+	}
+	for _, c := range idles {
+		c.Close()
 	}
 
 	// A client that never sends its request does not delay the stop.

@@ -7,6 +7,7 @@ package metrics
 import (
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	vm "github.com/VictoriaMetrics/metrics"
@@ -22,6 +23,9 @@ var reloadBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
 // may pass nil.
 type Agent struct {
 	set *vm.Set
+
+	mu     sync.Mutex
+	loaded map[string]string // dir -> name of its loaded_info series
 }
 
 // New returns an empty set with the build info.
@@ -31,8 +35,72 @@ func New(version string) *Agent {
 	// Create the series users alert on, so they exist before the first event.
 	m.set.GetOrCreateCounter(prefix + "watch_errors_total")
 	m.set.GetOrCreateCounter(prefix + "resyncs_total")
-	m.set.GetOrCreateGauge(prefix+"last_reload_success_timestamp_seconds", nil)
+	// last_reload_success_timestamp_seconds is created by the first
+	// success: absent, not 0 ("1970"), until then. last_reload_successful
+	// starts at 1: nothing has failed, and an alert on "== 0" must not
+	// fire for an agent that has had nothing to reload.
+	m.set.GetOrCreateGauge(prefix+"last_reload_successful", nil).Set(1)
+	m.set.GetOrCreateCounter(prefix + "reloads_refused_total")
 	return m
+}
+
+// ReloadResult records whether the last reload attempt (all its actions)
+// succeeded: the 0/1 gauge an alert watches.
+func (m *Agent) ReloadResult(ok bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.set.GetOrCreateGauge(prefix+"last_reload_successful", nil).Set(v)
+}
+
+// ReloadRefused counts a reload not made because the content that changed
+// was refused.
+func (m *Agent) ReloadRefused() {
+	if m == nil {
+		return
+	}
+	m.set.GetOrCreateCounter(prefix + "reloads_refused_total").Inc()
+}
+
+// ContentRefused sets whether a watched directory's current content is
+// refused by validation (1) or not (0).
+func (m *Agent) ContentRefused(dir string, refused bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if refused {
+		v = 1
+	}
+	m.set.GetOrCreateGauge(fmt.Sprintf(`%scontent_refused{path=%q}`, prefix, dir), nil).Set(v)
+}
+
+// Loaded records what the app has loaded from a watched directory: the
+// version identifier (the kubelet's "..data" target name, or a digest
+// prefix for a plain directory) of its content at start-up or at the last
+// successful reload, as an info metric with the value 1.
+func (m *Agent) Loaded(dir, version string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.loaded == nil {
+		m.loaded = map[string]string{}
+	}
+	name := fmt.Sprintf(`%sloaded_info{path=%q,version=%q}`, prefix, dir, version)
+	if old, ok := m.loaded[dir]; ok {
+		if old == name {
+			return
+		}
+		m.set.UnregisterMetric(old)
+	}
+	m.loaded[dir] = name
+	m.set.GetOrCreateGauge(name, nil).Set(1)
 }
 
 // Reload records one reload attempt of an action ("signal", "http",
@@ -46,16 +114,21 @@ func (m *Agent) Reload(action string, err error, d time.Duration) {
 		result = "failure"
 	}
 	m.set.GetOrCreateCounter(fmt.Sprintf(`%sreloads_total{action=%q,result=%q}`, prefix, action, result)).Inc()
+	if err != nil {
+		m.ReloadResult(false)
+	}
 	m.set.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`%sreload_duration_seconds{action=%q}`, prefix, action), reloadBuckets).Update(d.Seconds())
 }
 
 // ReloadSucceeded records the time of the last reload whose actions all
-// succeeded.
+// succeeded, and sets last_reload_successful to 1 (a failed action, in
+// Reload, sets it to 0).
 func (m *Agent) ReloadSucceeded(t time.Time) {
 	if m == nil {
 		return
 	}
 	m.set.GetOrCreateGauge(prefix+"last_reload_success_timestamp_seconds", nil).Set(float64(t.UnixNano()) / 1e9)
+	m.ReloadResult(true)
 }
 
 // ContentChange counts a change of a watched directory's content.

@@ -139,6 +139,7 @@ func (e *Exec) Reload(ctx context.Context) error {
 	}
 	cmd := exec.CommandContext(ctx, e.Args[0], e.Args[1:]...)
 	cmd.WaitDelay = time.Second
+	cmd.Env = execEnv
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("exec %s: %w", e.Args[0], err)
 	}

@@ -1,19 +1,18 @@
 package reload
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/textproto"
+	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
@@ -21,23 +20,25 @@ import (
 // maxDrain is the most of a response body read to keep its connection.
 const maxDrain = 64 << 10
 
-// HTTP sends a request to the app's reload endpoint.
-//
-// It speaks the little HTTP/1.1 a reload needs (one request, the status,
-// a body of known length to skip) rather than using net/http: its client
-// and server with their HTTP/2 and proxy support were half of the agent's
-// resident memory, for a call to one local endpoint (see package health).
-// The connection is kept alive when the response allows it: a warm
-// connection is what keeps a reload well under a millisecond.
+// HTTP sends a request to the app's reload endpoint with the standard
+// library's client. The connection is kept alive between reloads (a warm
+// connection keeps a reload well under a millisecond); redirects are not
+// followed (their status is judged like any other) and no proxy from the
+// environment is used: the endpoint is the app's own, usually on localhost.
 type HTTP struct {
 	URL     *url.URL
 	Method  string
 	Success func(code int) bool
 	Timeout time.Duration
+	// CAFile, when set, is a PEM bundle of the certificate authorities
+	// trusted for an https URL, added to the system pool (empty in the
+	// FROM-scratch image). It is read again before each reload, so a
+	// rotated CA (a mounted ConfigMap or Secret) needs no restart.
+	CAFile string
 
-	mu   sync.Mutex
-	conn net.Conn
-	br   *bufio.Reader
+	mu     sync.Mutex
+	client *http.Client
+	ca     []byte // content of CAFile the client was built with
 }
 
 // Kind implements Action.
@@ -47,26 +48,32 @@ func (h *HTTP) Kind() string { return "http" }
 func (h *HTTP) Reload(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if err := h.setup(); err != nil {
+		return fmt.Errorf("%s %s: %w", h.Method, Redact(h.URL), err)
+	}
 	if h.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, h.Timeout)
 		defer cancel()
 	}
-	reused := h.conn != nil
-	code, err := h.do(ctx)
+	code, reused, err := h.do(ctx)
 	if err != nil && reused && ctx.Err() == nil {
-		// The app closed the idle connection (or restarted): once more
-		// on a new one.
-		code, err = h.do(ctx)
+		// The app closed the kept-alive connection as the request went
+		// out (or restarted): once more on a new one.
+		code, _, err = h.do(ctx)
 	}
 	if err != nil {
+		// The client's *url.Error quotes the whole URL, tokens included.
+		if ue := (*url.Error)(nil); errors.As(err, &ue) {
+			err = ue.Err
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 			err = fmt.Errorf("timed out after %s", h.Timeout)
 		}
-		return fmt.Errorf("%s %s: %w", h.Method, h.URL.Redacted(), err)
+		return fmt.Errorf("%s %s: %w", h.Method, Redact(h.URL), err)
 	}
 	if !h.Success(code) {
-		return fmt.Errorf("%s %s: status %d", h.Method, h.URL.Redacted(), code)
+		return fmt.Errorf("%s %s: status %d", h.Method, Redact(h.URL), code)
 	}
 	return nil
 }
@@ -75,101 +82,104 @@ func (h *HTTP) Reload(ctx context.Context) error {
 func (h *HTTP) Close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.drop()
-}
-
-func (h *HTTP) drop() {
-	if h.conn != nil {
-		h.conn.Close()
-		h.conn, h.br = nil, nil
+	if h.client != nil {
+		h.client.CloseIdleConnections()
 	}
 }
 
-func (h *HTTP) do(ctx context.Context) (code int, err error) {
-	if h.conn == nil {
-		if err := h.dial(ctx); err != nil {
-			return 0, err
+// setup builds the client, again when the CA file's content changed.
+func (h *HTTP) setup() error {
+	var ca []byte
+	if h.CAFile != "" {
+		b, err := os.ReadFile(h.CAFile)
+		if err != nil {
+			return fmt.Errorf("read --http-ca-file: %w", err)
 		}
+		ca = b
 	}
-	conn := h.conn
-	keep := false
-	defer func() {
-		if !keep {
-			h.drop()
+	if h.client != nil && bytes.Equal(ca, h.ca) {
+		return nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if h.CAFile != "" {
+		pool, err := CAPool(ca)
+		if err != nil {
+			return fmt.Errorf("--http-ca-file %s: %w", h.CAFile, err)
 		}
-	}()
-	dl, _ := ctx.Deadline()
-	_ = conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	var req strings.Builder
-	fmt.Fprintf(&req, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: k8secrets-agent\r\nContent-Length: 0\r\n", h.Method, h.URL.RequestURI(), h.URL.Host)
-	if u := h.URL.User; u != nil {
-		pass, _ := u.Password()
-		fmt.Fprintf(&req, "Authorization: Basic %s\r\n", base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pass)))
+		tc.RootCAs = pool
 	}
-	req.WriteString("\r\n")
-	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return 0, err
+	if h.client != nil {
+		h.client.CloseIdleConnections()
 	}
-
-	tp := textproto.NewReader(h.br)
-	line, err := tp.ReadLine()
-	if err != nil {
-		return 0, fmt.Errorf("read response: %w", err)
+	h.ca = ca
+	h.client = &http.Client{
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     tc,
+			TLSHandshakeTimeout: 10 * time.Second,
+			MaxIdleConns:        1,
+			MaxIdleConnsPerHost: 1,
+			// The app may close an idle connection first; a minute is
+			// longer than most reload intervals of a burst.
+			IdleConnTimeout:    time.Minute,
+			DisableCompression: true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	proto, rest, _ := strings.Cut(line, " ")
-	codeText, _, _ := strings.Cut(rest, " ")
-	code, err = strconv.Atoi(codeText)
-	if !strings.HasPrefix(proto, "HTTP/1.") || err != nil || code < 100 || code > 999 {
-		return 0, errors.New("malformed status line")
-	}
-	hdr, err := tp.ReadMIMEHeader()
-	if err != nil {
-		return 0, fmt.Errorf("read response headers: %w", err)
-	}
-	// Keep the connection only when the body's end is known and small;
-	// otherwise the status is all that matters.
-	length, lerr := strconv.ParseInt(hdr.Get("Content-Length"), 10, 64)
-	switch {
-	case code == 204 || code == 304 || code < 200:
-		length, lerr = 0, nil
-	case hdr.Get("Transfer-Encoding") != "":
-		lerr = errors.New("chunked")
-	}
-	if lerr != nil || length > maxDrain || strings.EqualFold(hdr.Get("Connection"), "close") || proto == "HTTP/1.0" {
-		return code, nil
-	}
-	if _, err := io.CopyN(io.Discard, h.br, length); err != nil {
-		return code, nil
-	}
-	keep = true
-	return code, nil
-}
-
-func (h *HTTP) dial(ctx context.Context) error {
-	host := h.URL.Host
-	if h.URL.Port() == "" {
-		port := "80"
-		if h.URL.Scheme == "https" {
-			port = "443"
-		}
-		host = net.JoinHostPort(h.URL.Hostname(), port)
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", host)
-	if err != nil {
-		return err
-	}
-	if h.URL.Scheme == "https" {
-		tc := tls.Client(conn, &tls.Config{ServerName: h.URL.Hostname(), MinVersion: tls.VersionTLS12})
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
-			return err
-		}
-		conn = tc
-	}
-	h.conn, h.br = conn, bufio.NewReaderSize(conn, 4096)
 	return nil
+}
+
+// CAPool is the system pool (empty where the image has none) with the
+// certificates of the PEM bundle added.
+func CAPool(pemData []byte) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pemData) {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return pool, nil
+}
+
+// do sends one request and reads the status; it reports whether the
+// connection was a kept-alive one. The body is read (up to maxDrain) only
+// so that the connection can be kept.
+func (h *HTTP) do(ctx context.Context) (code int, reused bool, err error) {
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), h.Method, h.URL.String(), http.NoBody)
+	if err != nil {
+		return 0, false, err
+	}
+	req.Header.Set("User-Agent", "k8secrets-agent")
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return 0, reused, err
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, maxDrain)
+	resp.Body.Close()
+	return resp.StatusCode, reused, nil
+}
+
+// Redact returns u for a log line or an error: its password and the values
+// of its query (where reload endpoints take tokens, e.g. ?token=) replaced
+// by "xxxxx".
+func Redact(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	c := *u
+	if c.RawQuery != "" {
+		q := c.Query()
+		for k, vs := range q {
+			for i := range vs {
+				vs[i] = "xxxxx"
+			}
+			q[k] = vs
+		}
+		c.RawQuery = q.Encode()
+	}
+	c.Fragment, c.RawFragment = "", ""
+	return c.Redacted()
 }

@@ -24,6 +24,10 @@ type RunnerOptions struct {
 	Gate    func() error
 	Logger  *slog.Logger
 	Metrics *metrics.Agent
+
+	// OnSuccess, when set, is called after a reload whose actions all
+	// succeeded (the watcher then publishes what the app has loaded).
+	OnSuccess func()
 }
 
 // Runner runs the actions when notified. The first change reloads at once
@@ -126,6 +130,9 @@ func (r *Runner) reload(ctx context.Context) {
 				}
 			}
 			r.opts.Metrics.ReloadSucceeded(time.Now())
+			if r.opts.OnSuccess != nil {
+				r.opts.OnSuccess()
+			}
 			if failed {
 				r.log.Info("reloaded after retries")
 			} else {

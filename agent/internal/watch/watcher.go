@@ -66,6 +66,19 @@ type dirState struct {
 	digest   string // last content digest; kept while the directory is absent
 	invalid  error  // validation result of the current content
 	ino      uint64 // inode of the watched directory, to notice replacement
+	version  string // version identifier of the current content
+	files    map[string][]byte
+	// retryAt is when refused content becomes valid by the clock alone
+	// (a certificate's NotBefore ahead); zero if never.
+	retryAt time.Time
+	// dirty: the content changed since the gate last judged a reload.
+	dirty bool
+	// owed: a reload for the current content was wanted and refused; it
+	// is made when the content becomes valid.
+	owed bool
+	// gated is the version the last reload that the gate let through
+	// read, published as loaded by Reloaded.
+	gated string
 }
 
 // Watcher watches Options.Dirs. Create it with New and start it with Run.
@@ -108,18 +121,64 @@ func (w *Watcher) Alive() bool {
 // directory counts as read): the baseline digests exist.
 func (w *Watcher) Ready() bool { return w.ready.Load() }
 
-// Invalid returns the validation problems of the current content of every
-// directory, or nil. The reloader refuses to reload while it is not nil.
+// Invalid is the reloader's gate, called as a reload starts. It refuses the
+// reload (returns the problems) when every directory whose content changed
+// since the last call holds refused content: one directory's refusal does
+// not block the reloads of another. A refused directory is owed a reload,
+// made when its content becomes valid (fixed, or its NotBefore reached).
 func (w *Watcher) Invalid() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var errs []error
+	changed, valid := 0, 0
 	for _, d := range w.dirs {
+		if !d.dirty {
+			continue
+		}
+		changed++
 		if d.invalid != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", d.path, d.invalid))
+		} else {
+			valid++
 		}
 	}
-	return errors.Join(errs...)
+	for _, d := range w.dirs {
+		if d.dirty && d.invalid != nil {
+			d.owed = true
+		}
+		d.dirty = false
+	}
+	if changed > 0 && valid == 0 {
+		w.opts.Metrics.ReloadRefused()
+		return errors.Join(errs...)
+	}
+	for _, d := range w.dirs {
+		if d.invalid == nil {
+			d.gated = d.version
+		}
+	}
+	if len(errs) > 0 {
+		w.log.Warn("reloading for the directories whose new content is valid; the app also sees the refused content of others", "err", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Reloaded records that the reload the gate last let through succeeded:
+// the versions it read are what the app has loaded.
+func (w *Watcher) Reloaded() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, d := range w.dirs {
+		if d.gated != "" {
+			w.opts.Metrics.Loaded(d.path, d.gated)
+		}
+	}
+}
+
+// notify reports a change of d to the reloader; d.mu held.
+func (w *Watcher) notify(d *dirState) {
+	d.dirty = true
+	w.opts.OnChange(d.path)
 }
 
 // Run watches until ctx is done. The first reading of each directory is the
@@ -150,6 +209,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	beat := time.NewTicker(heartbeat)
 	defer beat.Stop()
+	// recheck fires when refused content becomes valid by the clock.
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
+	w.arm(recheck)
 
 	for {
 		select {
@@ -157,6 +221,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-beat.C:
 			w.lastBeat.Store(time.Now().UnixNano())
+		case <-recheck.C:
+			for _, d := range w.dirs {
+				w.scan(d, "not-before")
+			}
+			w.arm(recheck)
 		case <-resync:
 			w.lastBeat.Store(time.Now().UnixNano())
 			w.opts.Metrics.Resync()
@@ -164,6 +233,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			for _, d := range w.dirs {
 				w.scan(d, "resync")
 			}
+			w.arm(recheck)
 		case ev, ok := <-fw.Events:
 			if !ok {
 				return errors.New("inotify event channel closed")
@@ -191,6 +261,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 					w.scan(d, reason)
 				}
 			}
+			w.arm(recheck)
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return errors.New("inotify error channel closed")
@@ -208,6 +279,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				for _, d := range w.dirs {
 					w.scan(d, "overflow")
 				}
+				w.arm(recheck)
 				continue
 			}
 			w.log.Warn("watch error", "err", err)
@@ -289,21 +361,32 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	first := !d.seen && reason == "start"
 	d.seen = true
 	if snap.Digest == d.digest {
+		w.revalidate(d)
 		w.mu.Unlock()
 		return
 	}
 	d.digest = snap.Digest
-	d.invalid = nil
-	if w.opts.Validate != nil {
-		d.invalid = w.opts.Validate(snap.Files)
-	}
+	d.version = snap.Version
+	d.owed = false
+	w.validate(d, snap.Files)
 	invalid := d.invalid
+	if first {
+		// What the app read at its start.
+		d.gated = d.version
+		w.opts.Metrics.Loaded(d.path, d.version)
+	} else {
+		// Notify first: the reload need not wait for metrics and logs.
+		w.notify(d)
+	}
 	w.mu.Unlock()
 
 	w.opts.Metrics.WatchedFiles(d.path, len(snap.Files))
+	if len(snap.Outside) > 0 {
+		w.log.Warn("symlinks out of the watched directory are not followed", "path", d.path, "names", snap.Outside)
+	}
 	if invalid != nil {
 		w.opts.Metrics.InvalidContent(d.path)
-		w.log.Warn("invalid content; not reloading until it is fixed", "path", d.path, "err", invalid)
+		w.log.Warn("invalid content; not reloading until it is fixed or valid", "path", d.path, "err", invalid)
 	}
 	if first {
 		w.log.Info("watching", "path", d.path, "files", len(snap.Files))
@@ -311,7 +394,68 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	}
 	w.opts.Metrics.ContentChange(d.path)
 	w.log.Info("content changed", "path", d.path, "files", len(snap.Files), "found_by", reason)
-	w.opts.OnChange(d.path)
+}
+
+// validate judges d's content (files) and keeps the result; d.mu held.
+// Validate sees the files only here and in revalidate, which keeps them
+// only while they are refused.
+func (w *Watcher) validate(d *dirState, files map[string][]byte) {
+	d.invalid, d.retryAt, d.files = nil, time.Time{}, nil
+	if w.opts.Validate != nil {
+		d.invalid = w.opts.Validate(files)
+	}
+	if d.invalid != nil {
+		// Kept to judge again on resync and at retryAt: refused content
+		// may become valid by the clock alone.
+		d.files = files
+		var later interface{ RetryAt() time.Time }
+		if errors.As(d.invalid, &later) {
+			d.retryAt = later.RetryAt()
+		}
+	}
+	w.opts.Metrics.ContentRefused(d.path, d.invalid != nil)
+}
+
+// revalidate judges refused, unchanged content again; content that became
+// valid is reloaded if a reload was refused for it (or is pending). The
+// baseline, which the app read at its start, is not. d.mu held.
+func (w *Watcher) revalidate(d *dirState) {
+	if d.invalid == nil || d.files == nil {
+		return
+	}
+	was := d.invalid
+	w.validate(d, d.files)
+	if d.invalid != nil {
+		return
+	}
+	w.log.Info("refused content is now valid", "path", d.path, "was", was.Error())
+	if d.owed || d.dirty {
+		d.owed = false
+		w.notify(d)
+	}
+}
+
+// arm sets t to fire at the earliest time refused content becomes valid.
+func (w *Watcher) arm(t *time.Timer) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var next time.Time
+	for _, d := range w.dirs {
+		if d.invalid != nil && !d.retryAt.IsZero() && (next.IsZero() || d.retryAt.Before(next)) {
+			next = d.retryAt
+		}
+	}
+	t.Stop()
+	if !next.IsZero() {
+		// A little after, so that the clock has passed it; a time already
+		// past that was judged still refused is tried again in a second,
+		// not in a loop.
+		wait := time.Until(next) + 10*time.Millisecond
+		if wait <= 0 {
+			wait = time.Second
+		}
+		t.Reset(wait)
+	}
 }
 
 // reconcile adds a watch on every present directory and on the nearest

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bufio"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/k8secrets/k8secrets/agent/internal/certs"
+)
+
+// TestCertificateAheadReloadedWhenValid: a certificate whose NotBefore is
+// beyond the allowed skew is refused, then reloaded when the clock reaches
+// it, with no further write.
+func TestCertificateAheadReloadedWhenValid(t *testing.T) {
+	now := time.Now()
+	crt, key := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
+	dir := filepath.Join(t.TempDir(), "tls")
+	vol := newVolume(t, dir, map[string]string{"tls.crt": crt, "tls.key": key})
+	srv := newAppServer(t, dir)
+	cfg := testConfig(dir)
+	cfg.Reload = []string{"http:" + srv.url}
+	cfg.MinInterval = 0
+	a := startAgent(t, cfg)
+
+	// Whole seconds: a certificate holds no fraction.
+	validAt := time.Now().Add(3 * time.Second).Truncate(time.Second)
+	aheadCrt, aheadKey := tlsPair(t, validAt.Add(certs.Skew), validAt.Add(time.Hour))
+	write(t, vol, map[string]string{"tls.crt": aheadCrt, "tls.key": aheadKey})
+	refused := `k8secrets_agent_content_refused{path="` + dir + `"}`
+	waitFor(t, "the refusal", func() bool { return a.metric(t, refused) == 1 })
+	if time.Now().After(validAt) {
+		t.Skip("the machine is too slow to see the refusal before the certificate became valid")
+	}
+	if c := srv.calls(); len(c) != 0 {
+		t.Fatalf("%d reloads of a certificate not valid yet; want 0", len(c))
+	}
+	waitFor(t, "the reload once valid", func() bool { return len(srv.calls()) == 1 })
+	if time.Now().Before(validAt) {
+		t.Errorf("reloaded before the certificate was valid (NotBefore - skew = %s)", validAt.Format(time.RFC3339Nano))
+	}
+	time.Sleep(quiet)
+	if c := srv.calls(); len(c) != 1 {
+		t.Errorf("%d reloads; want 1", len(c))
+	}
+	if v := a.metric(t, refused); v != 0 {
+		t.Errorf("content_refused = %v once valid; want 0", v)
+	}
+	target, err := os.Readlink(filepath.Join(dir, "..data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := a.metric(t, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+filepath.Base(target)+`"}`); v != 1 {
+		t.Errorf("loaded_info of %s = %v; want 1", filepath.Base(target), v)
+	}
+}
+
+// TestAlertRules evaluates the shipped PrometheusRule against a real
+// agent's /metrics: neither alert's condition holds while all is well, and
+// each holds in the state it is for (a reload failing, content refused).
+func TestAlertRules(t *testing.T) {
+	rules := alertRules(t)
+	root := t.TempDir()
+	tlsDir, credsDir := filepath.Join(root, "tls"), filepath.Join(root, "db-creds")
+	now := time.Now()
+	crt, key := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
+	_, otherKey := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
+	tlsVol := newVolume(t, tlsDir, map[string]string{"tls.crt": crt, "tls.key": key})
+	credsVol := newVolume(t, credsDir, secretPayload("one"))
+	srv := newAppServer(t, credsDir)
+	cfg := testConfig(tlsDir, credsDir)
+	cfg.Reload = []string{"http:" + srv.url}
+	cfg.MinInterval = 0
+	a := startAgent(t, cfg)
+
+	firing := func() map[string]bool {
+		samples := a.samples(t)
+		out := map[string]bool{}
+		for name, r := range rules {
+			for series, v := range samples {
+				if (series == r.metric || strings.HasPrefix(series, r.metric+"{")) && v == r.value {
+					out[name] = true
+				}
+			}
+		}
+		return out
+	}
+	if f := firing(); len(f) != 0 {
+		t.Errorf("alert conditions hold for a healthy agent: %v", f)
+	}
+	if strings.Contains(strings.Join(keys(a.samples(t)), " "), "last_reload_success_timestamp_seconds") {
+		t.Error("last_reload_success_timestamp_seconds exists before any reload")
+	}
+
+	// A refused TLS pair, and a reload of the other directory that fails.
+	srv.mu.Lock()
+	srv.fail = 1 << 30
+	srv.mu.Unlock()
+	write(t, tlsVol, map[string]string{"tls.crt": crt, "tls.key": otherKey})
+	write(t, credsVol, secretPayload("two"))
+	waitFor(t, "both alert conditions", func() bool {
+		f := firing()
+		return f["K8secretsAgentReloadFailing"] && f["K8secretsAgentContentRefused"]
+	})
+
+	// Fixed: the retry succeeds, the pair is valid; neither holds.
+	srv.mu.Lock()
+	srv.fail = 0
+	srv.mu.Unlock()
+	write(t, tlsVol, map[string]string{"tls.crt": crt, "tls.key": key})
+	waitFor(t, "no alert condition", func() bool { return len(firing()) == 0 })
+	if a.metric(t, "k8secrets_agent_last_reload_success_timestamp_seconds") < float64(now.Unix()) {
+		t.Error("last_reload_success_timestamp_seconds not set after a success")
+	}
+}
+
+type alertRule struct {
+	metric string
+	value  float64
+}
+
+// ruleExpr is the one form of expression the shipped rules use, which this
+// test can evaluate: max by (...) (METRIC) == N.
+var ruleExpr = regexp.MustCompile(`^max by \([a-z_, ]+\) \((k8secrets_agent_[a-z_]+)\) == ([0-9]+)$`)
+
+// alertRules reads manifests/monitoring/prometheusrule.yaml.
+func alertRules(t *testing.T) map[string]alertRule {
+	t.Helper()
+	b, err := os.ReadFile("../manifests/monitoring/prometheusrule.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pr struct {
+		Kind string
+		Spec struct {
+			Groups []struct {
+				Rules []struct {
+					Alert, Expr, For string
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &pr); err != nil {
+		t.Fatal(err)
+	}
+	if pr.Kind != "PrometheusRule" {
+		t.Fatalf("kind %q; want PrometheusRule", pr.Kind)
+	}
+	out := map[string]alertRule{}
+	for _, g := range pr.Spec.Groups {
+		for _, r := range g.Rules {
+			m := ruleExpr.FindStringSubmatch(strings.TrimSpace(r.Expr))
+			if m == nil {
+				t.Fatalf("alert %s: expression %q is not of the form this test evaluates", r.Alert, r.Expr)
+			}
+			if r.For != "5m" {
+				t.Errorf("alert %s: for %q; want 5m", r.Alert, r.For)
+			}
+			v, _ := strconv.ParseFloat(m[2], 64)
+			out[r.Alert] = alertRule{metric: m[1], value: v}
+		}
+	}
+	for _, want := range []string{"K8secretsAgentReloadFailing", "K8secretsAgentContentRefused"} {
+		if _, ok := out[want]; !ok {
+			t.Errorf("no alert %s", want)
+		}
+	}
+	return out
+}
+
+// samples is every sample of /metrics, by series.
+func (a *agent) samples(t *testing.T) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+func keys(m map[string]float64) []string {
+	var k []string
+	for n := range m {
+		k = append(k, n)
+	}
+	return k
+}
+
+// TestRefusedAtStart: configurations the agent cannot work with exit 2
+// before anything runs.
+func TestRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "password")
+	notPEM := filepath.Join(dir, "ca.crt")
+	for _, p := range []string{file, notPEM} {
+		if err := os.WriteFile(p, []byte("x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		args []string
+		out  string
+	}{
+		{"watch a file", []string{"--watch=" + file, "--reload=restart"}, "is a file, not a directory"},
+		{"CA file missing", []string{"--watch=" + dir, "--reload=http:https://127.0.0.1/-/reload", "--http-ca-file=" + filepath.Join(dir, "nope")}, "--http-ca-file"},
+		{"CA file without a certificate", []string{"--watch=" + dir, "--reload=http:https://127.0.0.1/-/reload", "--http-ca-file=" + notPEM}, "no PEM certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd, out := agentProcess(t, append(tt.args, "--listen=127.0.0.1:0")...)
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != 2 || !strings.Contains(out.String(), tt.out) {
+				t.Errorf("exit %d with %q; want exit 2 with %q", code, out, tt.out)
+			}
+		})
+	}
+}
