@@ -31,7 +31,8 @@ func run(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
 	defer ln.Close()
 	m := metrics.New(version.Version)
-	actions, err := buildActions(cfg)
+	var watcher *watch.Watcher
+	actions, err := buildActions(cfg, func() time.Time { return watcher.Changed() }, func() error { return watcher.Invalid() })
 	if err != nil {
 		return err
 	}
@@ -41,13 +42,14 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Dirs:         cfg.Watch,
 		ResyncPeriod: cfg.ResyncPeriod,
 		OnChange:     func(string) { runner.Notify() },
+		OnBaseline:   func() { runner.NotifyStart() },
 		Logger:       logger,
 		Metrics:      m,
 	}
 	if cfg.Validation == "auto" {
 		wopts.Validate = func(files map[string][]byte) error { return certs.Check(files, time.Now()) }
 	}
-	watcher := watch.New(wopts)
+	watcher = watch.New(wopts)
 	runner = reload.NewRunner(reload.RunnerOptions{
 		Actions:        actions,
 		MinInterval:    cfg.MinInterval,
@@ -100,12 +102,14 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	return runErr
 }
 
-func buildActions(cfg config.Config) ([]reload.Action, error) {
+// buildActions builds the reload actions; changed and gate are the
+// watcher's Changed and Invalid.
+func buildActions(cfg config.Config, changed func() time.Time, gate func() error) ([]reload.Action, error) {
 	codes, err := config.ParseCodes(cfg.HTTPSuccessCodes)
 	if err != nil {
 		return nil, err
 	}
-	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile}
+	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile, Dirs: cfg.Watch, Changed: changed}
 	var actions []reload.Action
 	for _, spec := range cfg.Reload {
 		r, err := reloadspec.Parse(spec)
@@ -116,7 +120,7 @@ func buildActions(cfg config.Config) ([]reload.Action, error) {
 		case "signal":
 			actions = append(actions, &reload.Signal{Sig: r.Signal, Target: target})
 		case "restart":
-			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
+			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter, Gate: gate})
 		case "http":
 			actions = append(actions, &reload.HTTP{URL: r.URL, Method: cfg.HTTPMethod, Success: codes, Timeout: cfg.HTTPTimeout})
 		case "exec":

@@ -2,6 +2,7 @@ package reload
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ type Runner struct {
 	opts    RunnerOptions
 	log     *slog.Logger
 	notify  chan struct{}
+	start   chan struct{}
 	running atomic.Bool
 }
 
@@ -49,7 +51,7 @@ func NewRunner(opts RunnerOptions) *Runner {
 	if opts.BackoffMax < opts.BackoffInitial {
 		opts.BackoffMax = opts.BackoffInitial
 	}
-	return &Runner{opts: opts, log: opts.Logger, notify: make(chan struct{}, 1)}
+	return &Runner{opts: opts, log: opts.Logger, notify: make(chan struct{}, 1), start: make(chan struct{}, 1)}
 }
 
 // Notify records a change. It never blocks: pending changes fold into one.
@@ -72,6 +74,11 @@ func (r *Runner) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.start:
+			if r.startup(ctx) {
+				last = time.Now()
+			}
+			continue
 		case <-r.notify:
 		}
 		if wait := r.opts.MinInterval - time.Since(last); !last.IsZero() && wait > 0 {
@@ -109,6 +116,10 @@ func (r *Runner) reload(ctx context.Context) {
 			a := r.opts.Actions[i]
 			start := time.Now()
 			err = a.Reload(ctx)
+			if errors.Is(err, ErrRefused) {
+				r.log.Warn("not reloading: the content is invalid", "err", err)
+				return
+			}
 			r.opts.Metrics.Reload(a.Kind(), err, time.Since(start))
 			if err != nil {
 				from = i

@@ -53,6 +53,11 @@ type Options struct {
 	OnChange func(dir string)
 	Logger   *slog.Logger
 	Metrics  *metrics.Agent
+
+	// OnBaseline, when set, is called once, from the watcher's goroutine,
+	// after the first reading of every directory: the reloader then checks
+	// whether the content is newer than the app (see Changed).
+	OnBaseline func()
 }
 
 type dirState struct {
@@ -66,6 +71,9 @@ type dirState struct {
 	digest   string // last content digest; kept while the directory is absent
 	invalid  error  // validation result of the current content
 	ino      uint64 // inode of the watched directory, to notice replacement
+
+	// changed is when the current content appeared (see Changed).
+	changed time.Time
 }
 
 // Watcher watches Options.Dirs. Create it with New and start it with Run.
@@ -141,6 +149,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		w.scan(d, "start")
 	}
 	w.ready.Store(true)
+	if w.opts.OnBaseline != nil {
+		w.opts.OnBaseline()
+	}
 
 	var resync <-chan time.Time
 	if w.opts.ResyncPeriod > 0 {
@@ -293,6 +304,7 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		return
 	}
 	d.digest = snap.Digest
+	d.changed = contentTime(d.path, snap)
 	d.invalid = nil
 	if w.opts.Validate != nil {
 		d.invalid = w.opts.Validate(snap.Files)
