@@ -72,7 +72,11 @@ func (s *state) load() error {
 func main() {
 	dir := flag.String("secret-dir", "/var/run/secrets/k8secrets/demo-secret", "directory of the mounted Secret (it may appear later)")
 	listen := flag.String("listen", ":8080", "address to serve on")
+	probe := flag.Bool("probe", false, "be an exec probe: GET /healthz of the app serving on --listen, exit 0 if it answers 200")
 	flag.Parse()
+	if *probe {
+		os.Exit(probeHealth(*listen))
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
 	s := &state{dir: *dir, Started: time.Now(), PID: os.Getpid()}
@@ -116,4 +120,19 @@ func main() {
 		log.Error("serve", "error", err)
 		os.Exit(1)
 	}
+}
+
+// probeHealth is the demo's exec probe (the image has no shell or curl).
+func probeHealth(listen string) int {
+	_, port, _ := strings.Cut(listen, ":")
+	client := &http.Client{Timeout: time.Second}
+	resp, err := client.Get("http://127.0.0.1:" + port + "/healthz")
+	if err != nil {
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
 }
