@@ -320,6 +320,10 @@ func TestRestartRefreshNeverAllDown(t *testing.T) {
 	const secret = "demo-secret"
 	const replicas = 3
 	before := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), replicas, "restart")
+	// Any change to a pod, its own status included, makes its kubelet
+	// resync it and so deliver the update: let the new pods settle, so
+	// that what delivers it is refresh (as TestRefreshDeliversAtOnce).
+	time.Sleep(15 * time.Second)
 
 	list, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "workload=" + web.name})
 	if err != nil {
@@ -351,6 +355,9 @@ func TestRestartRefreshNeverAllDown(t *testing.T) {
 			if !ready && !down[p.Name] {
 				wentDown[p.Name]++
 			}
+			if ready == down[p.Name] {
+				t.Logf("%s pod %s: app Ready %v", time.Now().Format("15:04:05.000"), p.Name, ready)
+			}
 			down[p.Name] = !ready
 			var now []string
 			for name, d := range down {
@@ -365,6 +372,7 @@ func TestRestartRefreshNeverAllDown(t *testing.T) {
 		}
 	}()
 
+	t.Logf("%s update and refresh", time.Now().Format("15:04:05.000"))
 	updateSecret(ctx, t, c, ns, secret, opaque("v2"))
 	refresh(ctx, t, c, ns, secret)
 	for _, b := range before {
