@@ -200,13 +200,61 @@ func TestCrowdedPodRestart(t *testing.T) {
 	check("two minutes later")
 }
 
-// TestCrowdedPodSignal: in signal mode, in the same crowded pod, the app
-// gets exactly one SIGHUP, the proxy and the peer none, the exec probe's
-// processes are left alone, and no reload fails or repeats.
+// Two more bystanders of the signal test, both demo instances of the
+// app's user: a long `kubectl exec` session in the app's container (its
+// mount namespace, parent PID 0, started after the app) and an ephemeral
+// debug container.
+const (
+	execPort  = "8083"
+	debugPort = "8084"
+)
+
+// addBystanders starts the exec session and the debug container in pod and
+// waits until both serve; the exec session ends with ctx.
+func addBystanders(ctx context.Context, t *testing.T, c *framework.Cluster, ns, pod string) {
+	t.Helper()
+	demoArgs := func(port string) []string { return []string{"--secret-dir=/nonexistent", "--listen=:" + port} }
+	go func() {
+		_, _, _ = c.Exec(ctx, ns, pod, appContainer, append([]string{"/k8secrets-demo"}, demoArgs(execPort)...)...)
+	}()
+	p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p = p.DeepCopy()
+	p.Spec.EphemeralContainers = append(p.Spec.EphemeralContainers, corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+		Name: "debugger", Image: "k8secrets-demo:" + imageTag(t), ImagePullPolicy: corev1.PullIfNotPresent, Args: demoArgs(debugPort),
+		SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(appUID)), RunAsGroup: ptr(int64(appUID)), RunAsNonRoot: ptr(true)},
+	}})
+	if _, err := c.Client.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, pod, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("add a debug container to pod %s/%s: %v", ns, pod, err)
+	}
+	for _, port := range []string{execPort, debugPort} {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			_, err := getDemo(ctx, c, ns, pod, port)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the bystander on port %s does not serve: %v", port, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+}
+
+// TestCrowdedPodSignal: in signal mode, in the same crowded pod plus a
+// `kubectl exec` session in the app's container and an ephemeral debug
+// container, the app gets exactly one SIGHUP, every other process none, and
+// no reload fails or repeats.
 func TestCrowdedPodSignal(t *testing.T) {
 	c, ctx, ns := begin(t, 8*time.Minute)
 	const secret = "demo-secret"
 	b := crowdedWeb(ctx, t, c, ns, secret, "signal:SIGHUP")
+	execCtx, endExec := context.WithCancel(ctx)
+	defer endExec()
+	addBystanders(execCtx, t, c, ns, b.pod.Name)
 
 	updateSecret(ctx, t, c, ns, secret, opaque("v2"))
 	refresh(ctx, t, c, ns, secret)
@@ -230,6 +278,13 @@ func TestCrowdedPodSignal(t *testing.T) {
 		t.Errorf("pod %s: app restartCount %d, was %d; want no restart", p.Name, r, b.restarts)
 	}
 	checkBystanders(ctx, t, c, ns, b, p)
+	for _, o := range []struct{ name, port string }{{"the kubectl exec session", execPort}, {"the debug container", debugPort}} {
+		if s, err := getDemo(ctx, c, ns, p.Name, o.port); err != nil {
+			t.Errorf("%s: %v", o.name, err)
+		} else if s.Reloads != 0 {
+			t.Errorf("pod %s: %s got %d SIGHUPs; want none", p.Name, o.name, s.Reloads)
+		}
+	}
 	checkOneReload(ctx, t, c, ns, p.Name, "signal")
 	checkNoFailedReload(ctx, t, c, ns, p.Name)
 }
