@@ -324,11 +324,18 @@ func waitContainer(ctx context.Context, t *testing.T, c *framework.Cluster, ns, 
 // TestAgentDownDuringUpdate: the agent's container crashes (its image is
 // swapped for one that exits on the agent's flags) while the Secret is
 // updated and refreshed; when the agent comes back, it finds the content
-// newer than the app's process and reloads it, with no further update.
+// newer than the app's process and reloads it, with no further update: in
+// signal mode one SIGHUP to the same process, in restart mode one restart.
 func TestAgentDownDuringUpdate(t *testing.T) {
+	for _, reload := range []string{"signal:SIGHUP", "restart"} {
+		t.Run(reload, func(t *testing.T) { agentDownDuringUpdate(t, reload) })
+	}
+}
+
+func agentDownDuringUpdate(t *testing.T, reload string) {
 	c, ctx, ns := begin(t, 8*time.Minute)
 	const secret = "demo-secret"
-	b := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, "signal:SIGHUP")[0]
+	b := injectedWeb(ctx, t, c, ns, secret, corev1.SecretTypeOpaque, opaque("v1"), 1, reload)[0]
 	agent := agentOf(&b.pod)
 	pod := b.pod.Name
 
@@ -350,8 +357,25 @@ func TestAgentDownDuringUpdate(t *testing.T) {
 	waitContainer(ctx, t, c, ns, pod, agent.Name, "agent running again", func(s corev1.ContainerStatus) bool {
 		return s.State.Running != nil && strings.Contains(s.Image, "k8secrets-agent")
 	})
-	checkReloadedInPlace(ctx, t, c, ns, "v2", []seen{b})
-	checkOneReload(ctx, t, c, ns, pod, "signal")
+	action := "signal"
+	if reload == "restart" {
+		action = "restart"
+		// The agent waits up to --restart-jitter (5s) before the restart.
+		s, err := waitApp(ctx, c, ns, pod, refreshed+10*time.Second, "version v2", version("v2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := restarts(p, appContainer); r != b.restarts+1 || !s.Started.After(b.app.Started) || s.Reloads != 0 {
+			t.Errorf("pod %s: app restartCount %d (was %d), serves %s; want one restart into v2", pod, r, b.restarts, s)
+		}
+	} else {
+		checkReloadedInPlace(ctx, t, c, ns, "v2", []seen{b})
+	}
+	checkOneReload(ctx, t, c, ns, pod, action)
 	// The agent that came back saw the update at its start, not as a change.
 	if n, err := agentMetric(ctx, c, ns, pod, "k8secrets_agent_content_changes_total"); err != nil {
 		t.Error(err)
