@@ -27,10 +27,10 @@ const pfKthread = 0x00200000
 // of the processes whose mount table shows a watched volume, grouped by
 // mount namespace (one per container), the first one started among those
 // whose parent PID is 0 (a container's first process appears so in the
-// pod's shared PID namespace, its parent being outside it). Other sidecars,
-// exec probes, `kubectl exec` sessions and debug containers are never
-// selected; nor are PID 1 (pause), the agent's own container or any
-// k8secrets-agent, in any mode.
+// pod's shared PID namespace, its parent being outside it). Containers
+// that do not mount them (a mesh proxy, a debug container), exec probes and
+// `kubectl exec` sessions are never selected; nor, in any mode, are PID 1
+// (pause), the agent's own container or any k8secrets-agent.
 type Target struct {
 	// Name matches /proc/PID/comm or the base name of /proc/PID/exe; of a
 	// tree of matching processes only the topmost is selected.
