@@ -134,6 +134,16 @@ func (a *testApp) start(t *testing.T) {
 	waitFor(t, "the app to start", func() bool { return a.has(fmt.Sprintf("start %d ", cmd.Process.Pid)) })
 }
 
+// stop ends the app with SIGTERM and waits for it.
+func (a *testApp) stop(t *testing.T) {
+	t.Helper()
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	<-done
+}
+
 func (a *testApp) lines() []string {
 	b, _ := os.ReadFile(a.log)
 	return strings.Split(strings.TrimSpace(string(b)), "\n")

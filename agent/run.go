@@ -39,7 +39,8 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	// a cause that main turns into the exit code of the restart rule.
 	ctx, exit := context.WithCancelCause(ctx)
 	defer exit(nil)
-	actions, err := buildActions(cfg, exit)
+	var watcher *watch.Watcher
+	actions, err := buildActions(cfg, exit, func() time.Time { return watcher.Changed() }, func() error { return watcher.Invalid() })
 	if err != nil {
 		return err
 	}
@@ -52,19 +53,21 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Dirs:         cfg.Watch,
 		ResyncPeriod: cfg.ResyncPeriod,
 		OnChange:     func(string) { runner.Notify() },
+		OnBaseline:   func() { runner.NotifyStart() },
 		Logger:       logger,
 		Metrics:      m,
 	}
 	if cfg.Validation == "auto" {
 		wopts.Validate = func(files map[string][]byte) error { return certs.Check(files, time.Now()) }
 	}
-	watcher := watch.New(wopts)
+	watcher = watch.New(wopts)
 	runner = reload.NewRunner(reload.RunnerOptions{
 		Actions:        actions,
 		MinInterval:    cfg.MinInterval,
 		BackoffInitial: cfg.BackoffInitial,
 		BackoffMax:     cfg.BackoffMax,
 		Gate:           watcher.Invalid,
+		StartGate:      watcher.Current,
 		OnSuccess:      watcher.Reloaded,
 		Logger:         logger,
 		Metrics:        m,
@@ -154,12 +157,14 @@ func contentID(dirs []string) func() (string, error) {
 	}
 }
 
-func buildActions(cfg config.Config, exit func(error)) ([]reload.Action, error) {
+// buildActions builds the reload actions; changed and gate are the
+// watcher's Changed and Invalid. exit ends the agent for restart-all.
+func buildActions(cfg config.Config, exit func(error), changed func() time.Time, gate func() error) ([]reload.Action, error) {
 	codes, err := config.ParseCodes(cfg.HTTPSuccessCodes)
 	if err != nil {
 		return nil, err
 	}
-	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile}
+	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile, Dirs: cfg.Watch, Changed: changed}
 	var actions []reload.Action
 	for _, spec := range cfg.Reload {
 		r, err := reloadspec.Parse(spec)
@@ -170,7 +175,7 @@ func buildActions(cfg config.Config, exit func(error)) ([]reload.Action, error) 
 		case "signal":
 			actions = append(actions, &reload.Signal{Sig: r.Signal, Target: target})
 		case "restart":
-			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter})
+			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter, Gate: gate})
 		case "restart-all":
 			actions = append(actions, &reload.RestartAll{StateDir: cfg.StateDir, Content: contentID(cfg.Watch), Exit: exit})
 		case "http":

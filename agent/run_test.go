@@ -152,6 +152,10 @@ func TestDirectoryDeletedAndRecreated(t *testing.T) {
 	}
 }
 
+// TestProcessMissingThenStarted: while the app is not running the reload
+// fails and is retried; the app that then starts reads the new content
+// itself, so it gets no signal (a SIGHUP before it installs its handler
+// would kill it) and the reload counts as done.
 func TestProcessMissingThenStarted(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "db-creds")
 	vol := newVolume(t, dir, secretPayload("one"))
@@ -168,12 +172,79 @@ func TestProcessMissingThenStarted(t *testing.T) {
 		t.Errorf("/healthz = %d while retrying; want 200", code)
 	}
 	app.start(t)
-	waitFor(t, "the SIGHUP", func() bool { return len(app.events("hup")) == 1 })
-	if v := a.metric(t, `k8secrets_agent_reloads_total{action="signal",result="success"}`); v != 1 {
-		t.Errorf("reloads_total{signal,success} = %v; want 1", v)
+	waitFor(t, "the reload to succeed", func() bool {
+		return a.metric(t, `k8secrets_agent_reloads_total{action="signal",result="success"}`) == 1
+	})
+	time.Sleep(quiet)
+	if got := app.events("hup"); len(got) != 0 {
+		t.Errorf("the app started after the change got %q; want no SIGHUP", got)
+	}
+	if got, want := app.events("start"), []string{"start " + secretValue("two")}; !slices.Equal(got, want) {
+		t.Errorf("app starts saw %q; want %q", got, want)
 	}
 	if !strings.Contains(a.logs.String(), "no process named late-app") {
 		t.Error("the logs do not say which process is missing")
+	}
+}
+
+// TestStartupDeliversMissedUpdate: the Secret changes while the agent is
+// not running; the agent that starts then finds the content newer than the
+// app's process, says so, and reloads it once. An agent started again with
+// nothing new does not reload.
+func TestStartupDeliversMissedUpdate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db-creds")
+	vol := newVolume(t, dir, secretPayload("one"))
+	app := newApp(t, "missed-app", dir)
+	app.start(t)
+	// Two clock ticks of /proc (10ms each), so that the app's start time
+	// is certainly before the update.
+	time.Sleep(25 * time.Millisecond)
+	write(t, vol, secretPayload("two"))
+
+	cfg := testConfig(dir)
+	cfg.Reload = []string{"signal:SIGHUP"}
+	cfg.Process = "missed-app"
+	a := startAgent(t, cfg)
+	waitFor(t, "the SIGHUP", func() bool { return len(app.events("hup")) == 1 })
+	time.Sleep(quiet)
+	if got, want := app.events("hup"), []string{"hup " + secretValue("two")}; !slices.Equal(got, want) {
+		t.Errorf("app saw %q; want %q", got, want)
+	}
+	if !strings.Contains(a.logs.String(), "newer than the app") {
+		t.Error("the logs do not say why the agent reloaded at start")
+	}
+	if v := a.metric(t, `k8secrets_agent_content_changes_total{path="`+dir+`"}`); v != 0 {
+		t.Errorf("content_changes_total = %v; want 0 (the start-up reading is not a change)", v)
+	}
+}
+
+// TestStartupAfterRestartModeDoesNotRepeat: in restart mode, the app the
+// agent restarted is younger than the content: a second agent (as after
+// the agent's own restart) leaves it alone.
+func TestStartupAfterRestartModeDoesNotRepeat(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db-creds")
+	vol := newVolume(t, dir, secretPayload("one"))
+	app := newApp(t, "restarted-app", dir)
+	app.start(t)
+	time.Sleep(25 * time.Millisecond)
+	write(t, vol, secretPayload("two"))
+	// The app read "two" when it started again, after the update (as the
+	// kubelet starts the container the agent ended).
+	app.stop(t)
+	app.start(t)
+
+	cfg := testConfig(dir)
+	cfg.Reload = []string{"restart"}
+	cfg.Process = "restarted-app"
+	cfg.RestartJitter = 0
+	a := startAgent(t, cfg)
+	waitFor(t, "the agent to be ready", func() bool { return a.get(t, "/readyz") == 200 })
+	time.Sleep(quiet)
+	if got := app.events("term"); len(got) != 1 {
+		t.Errorf("app got %d SIGTERMs; want 1 (the test's own stop)", len(got))
+	}
+	if v := a.metric(t, `k8secrets_agent_reloads_total{action="restart",result="success"}`); v != 0 {
+		t.Errorf("reloads_total{restart,success} = %v; want 0", v)
 	}
 }
 

@@ -74,7 +74,11 @@ func main() {
 	listen := flag.String("listen", ":8080", "address to serve on")
 	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address, with tls.crt and tls.key of --tls-dir (read at start)")
 	tlsDir := flag.String("tls-dir", "", "directory of the HTTPS certificate and key")
+	probe := flag.Bool("probe", false, "be an exec probe: GET /healthz of the app serving on --listen, exit 0 if it answers 200")
 	flag.Parse()
+	if *probe {
+		os.Exit(probeHealth(*listen))
+	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
 	s := &state{dir: *dir, Started: time.Now(), PID: os.Getpid()}
@@ -135,4 +139,19 @@ func main() {
 		log.Error("serve", "error", err)
 		os.Exit(1)
 	}
+}
+
+// probeHealth is the demo's exec probe (the image has no shell or curl).
+func probeHealth(listen string) int {
+	_, port, _ := strings.Cut(listen, ":")
+	client := &http.Client{Timeout: time.Second}
+	resp, err := client.Get("http://127.0.0.1:" + port + "/healthz")
+	if err != nil {
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
 }

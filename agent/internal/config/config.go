@@ -116,12 +116,21 @@ Target processes (signal and restart):
   --process NAME  processes whose /proc/PID/comm or executable base name is NAME
                   (the topmost of a tree of them, e.g. nginx's master)
   --pidfile PATH  the process whose PID is in PATH
-  neither         the main process of every other container of the pod: the
-                  processes whose parent PID is 0 in the pod's shared PID
-                  namespace (shareProcessNamespace: true), except PID 1 (the
-                  pause process), the agent itself and any other
-                  k8secrets-agent. Signalling needs the app's UID (runAsUser)
-                  or CAP_KILL.
+  neither         the main process of each container that mounts a watched
+                  directory's volume (the same filesystem and subtree, at any
+                  path), found in /proc/PID/mountinfo through the pod's shared
+                  PID namespace (shareProcessNamespace: true): per container
+                  the first process started whose parent PID is 0.
+                  Containers that do not mount it (a mesh proxy, a debug
+                  container), exec probes and kubectl exec sessions are
+                  never targets.
+  always          never the agent's own container, PID 1 (pause) or any
+                  k8secrets-agent; a process started after the change is
+                  spared (it read the new content), and one that has exited
+                  counts as done. At start, if the content is newer than a
+                  target's start time (it changed while the agent was
+                  down), the agent reloads once and logs why. Signalling
+                  needs the app's UID (runAsUser) or CAP_KILL.
 
 Every flag can be set as K8SECRETS_AGENT_<FLAG> (e.g. K8SECRETS_AGENT_MIN_INTERVAL;
 repeatable flags take comma-separated values) or in the --config file (YAML

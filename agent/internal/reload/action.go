@@ -34,7 +34,7 @@ func (s *Signal) Kind() string { return "signal" }
 
 // Reload implements Action.
 func (s *Signal) Reload(context.Context) error {
-	procs, err := s.Target.Find()
+	procs, err := s.Target.Due()
 	if err != nil {
 		return fmt.Errorf("signal %s: %w", s.Target, err)
 	}
@@ -55,7 +55,9 @@ func kill(p Process, sig syscall.Signal) error {
 	case errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("signal %s (pid %d): %w; run the agent as the app's user (runAsUser) or give it CAP_KILL", p.Comm, p.PID, err)
 	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("signal %s (pid %d): %w: %w", p.Comm, p.PID, ErrNoProcess, err)
+		// It exited between Find and now: its container's next process
+		// reads the content at start. Done.
+		return nil
 	default:
 		return fmt.Errorf("signal %s (pid %d): %w", p.Comm, p.PID, err)
 	}
@@ -69,7 +71,15 @@ type Restart struct {
 	Target Target
 	Grace  time.Duration
 	Jitter time.Duration
+	// Gate, when set, is asked again after the jitter: content refused
+	// meanwhile must not be what the restarted app reads.
+	Gate func() error
 }
+
+// ErrRefused means the content was refused while a reload waited: the
+// reload is dropped, not retried; the change that fixes the content brings
+// another.
+var ErrRefused = errors.New("content refused")
 
 // Kind implements Action.
 func (r *Restart) Kind() string { return "restart" }
@@ -83,7 +93,12 @@ func (r *Restart) Reload(ctx context.Context) error {
 		case <-time.After(rand.N(r.Jitter)):
 		}
 	}
-	procs, err := r.Target.Find()
+	if r.Gate != nil {
+		if err := r.Gate(); err != nil {
+			return fmt.Errorf("restart %s: %w: %w", r.Target, ErrRefused, err)
+		}
+	}
+	procs, err := r.Target.Due()
 	if err != nil {
 		return fmt.Errorf("restart %s: %w", r.Target, err)
 	}
@@ -112,7 +127,7 @@ func (r *Restart) Reload(ctx context.Context) error {
 		pending = slices.DeleteFunc(pending, func(p Process) bool { return !alive(proc, p) })
 	}
 	for _, p := range pending {
-		if err := kill(p, syscall.SIGKILL); err != nil && !errors.Is(err, ErrNoProcess) {
+		if err := kill(p, syscall.SIGKILL); err != nil {
 			errs = append(errs, err)
 		}
 	}

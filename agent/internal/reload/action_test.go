@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -195,4 +196,61 @@ func TestExec(t *testing.T) {
 	if err := e.Reload(context.Background()); err == nil {
 		t.Error("Reload(false) = nil; want an error")
 	}
+}
+
+// TestRestartGateAfterJitter: content refused while the restart waits out
+// its jitter is never what a restarted app reads: the app is not ended, and
+// the runner drops the reload without counting a failure or retrying.
+func TestRestartGateAfterJitter(t *testing.T) {
+	a := startApp(t, "gated-app", nil)
+	var refused atomic.Bool
+	var asked atomic.Int32
+	gate := func() error {
+		asked.Add(1)
+		if refused.Load() {
+			return errors.New("tls.crt: certificate expired")
+		}
+		return nil
+	}
+	r := &Restart{Target: Target{Name: "gated-app"}, Grace: 300 * time.Millisecond, Jitter: 200 * time.Millisecond, Gate: gate}
+	// The runner's gate passes; the content is refused during the jitter.
+	runner := startRunner(t, RunnerOptions{Actions: []Action{r}, BackoffInitial: 50 * time.Millisecond,
+		Gate: func() error { refused.Store(true); return nil }})
+	runner.Notify()
+	waitFor(t, "the gate after the jitter", func() bool { return asked.Load() == 1 })
+	// A SIGTERM would follow the gate at once; a retry within the backoff.
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-a.done:
+		t.Fatal("the app was restarted into refused content")
+	default:
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the gate was asked %d times; want 1 (a refused reload is dropped, not retried)", n)
+	}
+	if err := r.Reload(context.Background()); !errors.Is(err, ErrRefused) {
+		t.Errorf("Reload() = %v; want ErrRefused", err)
+	}
+}
+
+// TestSignalSparesYoungProcess: a process started after the change has
+// read the new content: it gets no signal (a SIGHUP before its handler is
+// installed would kill it), and that is success.
+func TestSignalSparesYoungProcess(t *testing.T) {
+	changed := time.Now()
+	time.Sleep(25 * time.Millisecond) // two ticks of /proc's start times
+	a := startApp(t, "young-app", nil)
+	s := &Signal{Sig: syscall.SIGHUP, Target: Target{Name: "young-app", Changed: func() time.Time { return changed }}}
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := a.count(); n != 0 {
+		t.Errorf("app started after the change got %d SIGHUPs; want 0", n)
+	}
+	s.Target.Changed = func() time.Time { return time.Now() }
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v", err)
+	}
+	a.waitCount(t, 1)
 }

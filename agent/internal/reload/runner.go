@@ -2,6 +2,7 @@ package reload
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -21,9 +22,12 @@ type RunnerOptions struct {
 	BackoffMax     time.Duration
 	// Gate, when set, may refuse a reload (invalid content): the reload is
 	// dropped, and the change that fixes the content will trigger one.
-	Gate    func() error
-	Logger  *slog.Logger
-	Metrics *metrics.Agent
+	Gate func() error
+	// StartGate, when set, may refuse the start-up reload (see startup):
+	// it judges the current content, where Gate judges what changed.
+	StartGate func() error
+	Logger    *slog.Logger
+	Metrics   *metrics.Agent
 
 	// OnSuccess, when set, is called after a reload whose actions all
 	// succeeded (the watcher then publishes what the app has loaded).
@@ -39,6 +43,7 @@ type Runner struct {
 	opts    RunnerOptions
 	log     *slog.Logger
 	notify  chan struct{}
+	start   chan struct{}
 	running atomic.Bool
 }
 
@@ -53,7 +58,7 @@ func NewRunner(opts RunnerOptions) *Runner {
 	if opts.BackoffMax < opts.BackoffInitial {
 		opts.BackoffMax = opts.BackoffInitial
 	}
-	return &Runner{opts: opts, log: opts.Logger, notify: make(chan struct{}, 1)}
+	return &Runner{opts: opts, log: opts.Logger, notify: make(chan struct{}, 1), start: make(chan struct{}, 1)}
 }
 
 // Notify records a change. It never blocks: pending changes fold into one.
@@ -76,6 +81,11 @@ func (r *Runner) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.start:
+			if r.startup(ctx) {
+				last = time.Now()
+			}
+			continue
 		case <-r.notify:
 		}
 		if wait := r.opts.MinInterval - time.Since(last); !last.IsZero() && wait > 0 {
@@ -113,6 +123,10 @@ func (r *Runner) reload(ctx context.Context) {
 			a := r.opts.Actions[i]
 			start := time.Now()
 			err = a.Reload(ctx)
+			if errors.Is(err, ErrRefused) {
+				r.log.Warn("not reloading: the content is invalid", "err", err)
+				return
+			}
 			r.opts.Metrics.Reload(a.Kind(), err, time.Since(start))
 			if err != nil {
 				from = i

@@ -53,6 +53,11 @@ type Options struct {
 	OnChange func(dir string)
 	Logger   *slog.Logger
 	Metrics  *metrics.Agent
+
+	// OnBaseline, when set, is called once, from the watcher's goroutine,
+	// after the first reading of every directory: the reloader then checks
+	// whether the content is newer than the app (see Changed).
+	OnBaseline func()
 }
 
 type dirState struct {
@@ -79,6 +84,9 @@ type dirState struct {
 	// gated is the version the last reload that the gate let through
 	// read, published as loaded by Reloaded.
 	gated string
+
+	// changed is when the current content appeared (see Changed).
+	changed time.Time
 }
 
 // Watcher watches Options.Dirs. Create it with New and start it with Run.
@@ -163,6 +171,31 @@ func (w *Watcher) Invalid() error {
 	return nil
 }
 
+// Current judges every directory's current content, for a reload the
+// watcher did not ask for (the start-up check of content that changed while
+// the agent was down): it refuses when any directory's content is refused,
+// and a refused directory is owed the reload, made once its content becomes
+// valid, as Invalid does for a change.
+func (w *Watcher) Current() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var errs []error
+	for _, d := range w.dirs {
+		if d.invalid != nil {
+			d.owed = true
+			errs = append(errs, fmt.Errorf("%s: %w", d.path, d.invalid))
+		}
+	}
+	if len(errs) > 0 {
+		w.opts.Metrics.ReloadRefused()
+		return errors.Join(errs...)
+	}
+	for _, d := range w.dirs {
+		d.gated = d.version
+	}
+	return nil
+}
+
 // Reloaded records that the reload the gate last let through succeeded:
 // the versions it read are what the app has loaded.
 func (w *Watcher) Reloaded() {
@@ -200,6 +233,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 		w.scan(d, "start")
 	}
 	w.ready.Store(true)
+	if w.opts.OnBaseline != nil {
+		w.opts.OnBaseline()
+	}
 
 	var resync <-chan time.Time
 	if w.opts.ResyncPeriod > 0 {
@@ -367,6 +403,7 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	}
 	d.digest = snap.Digest
 	d.version = snap.Version
+	d.changed = contentTime(d.path, snap)
 	d.owed = false
 	w.validate(d, snap.Files)
 	invalid := d.invalid
