@@ -300,7 +300,7 @@ func TestInvalidTLSContent(t *testing.T) {
 				t.Fatalf("%d reloads into invalid content; want 0", len(c))
 			}
 			// A fixed pair reloads.
-			write(t, vol, map[string]string{"tls.crt": newCrt, "tls.key": newKey})
+			write(t, vol, map[string]string{"tls.crt": newCrt, "tls.key": newKey, secretKey: secretValue("three")})
 			waitFor(t, "a reload", func() bool { return len(srv.calls()) == 1 })
 			if strings.Contains(a.logs.String(), "BEGIN") {
 				t.Error("the logs contain PEM")
@@ -539,4 +539,31 @@ func TestEPERM(t *testing.T) {
 	if st, err := cmd.Process.Wait(); err != nil || !st.Success() {
 		t.Errorf("agent exited %v, %v after SIGTERM; want 0", st, err)
 	}
+}
+
+// TestStartupRefusesInvalidContent: content that changed while the agent
+// was down is judged like any change: an expired pair is not delivered at
+// start-up, and the valid one that follows is.
+func TestStartupRefusesInvalidContent(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	now := time.Now()
+	crt, key := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
+	vol := newVolume(t, dir, map[string]string{"tls.crt": crt, "tls.key": key, secretKey: secretValue("one")})
+	app := newApp(t, "tls-app", dir)
+	app.start(t)
+	time.Sleep(25 * time.Millisecond) // the app starts certainly before the update
+	oldCrt, oldKey := tlsPair(t, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	write(t, vol, map[string]string{"tls.crt": oldCrt, "tls.key": oldKey, secretKey: secretValue("two")})
+
+	cfg := testConfig(dir)
+	cfg.Reload = []string{"signal:SIGHUP"}
+	cfg.Process = "tls-app"
+	a := startAgent(t, cfg)
+	waitFor(t, "the start-up refusal", func() bool { return strings.Contains(a.logs.String(), "but refused") })
+	if got := app.events("hup"); len(got) != 0 {
+		t.Fatalf("the app got %d SIGHUPs for an expired certificate at start-up; want 0", len(got))
+	}
+	newCrt, newKey := tlsPair(t, now.Add(-time.Minute), now.Add(time.Hour))
+	write(t, vol, map[string]string{"tls.crt": newCrt, "tls.key": newKey, secretKey: secretValue("three")})
+	waitFor(t, "the SIGHUP for the valid pair", func() bool { return len(app.events("hup")) == 1 })
 }
