@@ -1,11 +1,11 @@
 package rollout
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -258,7 +258,10 @@ func changedWriters(base, now []metav1.ManagedFieldsEntry, manager string) []Wri
 		if len(fields) == 0 {
 			continue
 		}
-		if o, ok := old[entryKey(e)]; ok && o.Time.Equal(e.Time) && o.FieldsV1 != nil && e.FieldsV1 != nil && bytes.Equal(o.FieldsV1.Raw, e.FieldsV1.Raw) {
+		// Unchanged: the same write (same time) owning the same template
+		// fields. A later time means another write, which may have changed
+		// the value of a field it already owned (a second set image).
+		if o, ok := old[entryKey(e)]; ok && o.Time.Equal(e.Time) && slices.Equal(templateFields(o), fields) {
 			continue
 		}
 		out = append(out, writerOf(e, fields))
