@@ -123,6 +123,17 @@ func (cl *cluster) setImage(name, image string) {
 	}
 }
 
+const restartedAt = "kubectl.kubernetes.io/restartedAt"
+
+// restart is `kubectl rollout restart deployment/name`.
+func (cl *cluster) restart(name string) {
+	cl.t.Helper()
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, restartedAt, time.Now().Format(time.RFC3339))
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Patch(cl.ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kubectl-rollout"}); err != nil {
+		cl.t.Fatal(err)
+	}
+}
+
 // cdApply is a CD system (Argo CD, Flux) applying its manifest of the
 // Deployment under its own field manager: the original template plus an
 // env var and an annotation of its own.
@@ -179,6 +190,7 @@ func TestAPIRollbackKeepsOthersChanges(t *testing.T) {
 	cl.waitTemplate("web", injectedWith("db-creds"))
 	cl.cdApply("web", "web", 2)
 	cl.setEnv("web", "HOTFIX", "1")
+	cl.restart("web")
 	r := <-done
 	if r.code != 5 {
 		t.Fatalf("inject: exit %d (%v); want 5 (rolled back)\n%s", r.code, r.err, r.logs)
@@ -192,8 +204,8 @@ func TestAPIRollbackKeepsOthersChanges(t *testing.T) {
 	if env := envOf(tmpl, "app"); env["HOTFIX"] != "1" || env["FROM_CD"] != "2" {
 		t.Errorf("after the rollback the app's env is %v; want the hotfix HOTFIX=1 and the CD's FROM_CD=2 kept", env)
 	}
-	if tmpl.Annotations["cd.example.com/revision"] != "2" {
-		t.Errorf("after the rollback the template annotations are %v; want the CD's kept", tmpl.Annotations)
+	if tmpl.Annotations["cd.example.com/revision"] != "2" || tmpl.Annotations[restartedAt] == "" {
+		t.Errorf("after the rollback the template annotations are %v; want the CD's and the restart's kept", tmpl.Annotations)
 	}
 	if m := k8secretsTemplateFields(d); len(m) != 0 {
 		t.Errorf("managers %v own pod template fields after the rollback; want none", m)
@@ -207,8 +219,8 @@ func TestAPIRollbackKeepsOthersChanges(t *testing.T) {
 		}
 	}
 	notes := cl.eventNotes("ChangedByOthers")
-	if len(notes) != 1 || !strings.Contains(notes[0], "kubectl-set") || !strings.Contains(notes[0], "argocd-controller") {
-		t.Errorf("ChangedByOthers events %q; want one naming kubectl-set and argocd-controller", notes)
+	if len(notes) != 1 || !strings.Contains(notes[0], "kubectl-set") || !strings.Contains(notes[0], "argocd-controller") || !strings.Contains(notes[0], "kubectl-rollout") {
+		t.Errorf("ChangedByOthers events %q; want one naming kubectl-set, argocd-controller and kubectl-rollout", notes)
 	}
 	if !strings.Contains(errString(r.err), "left in place") || !strings.Contains(r.out, "kubectl-set") {
 		t.Errorf("the report does not say who changed the template:\nerror %v\n%s", r.err, r.out)
@@ -321,6 +333,64 @@ func TestAPIInterruptedReinjectionReturnsToV1(t *testing.T) {
 }
 
 const hashKey = "k8secrets.io/hash-db-creds"
+
+// A remove interrupted mid-rollout, whose rollout then fails on the rerun:
+// the rerun finishes the remove's own rollout and rolls it back to the
+// injection recorded before it.
+func TestAPIInterruptedRemoveResumes(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+	if r := cl.job(injectArgs("app=web", "db-creds")...); r.code != 0 {
+		t.Fatalf("inject: exit %d (%v)", r.code, r.err)
+	}
+	injected := cl.waitDeployment("web")
+	// The app cannot start without its Secret any more.
+	withoutSecret := func(p *corev1.Pod) bool { return !hasInjectedVolume(p) }
+	cl.broken.Store(&withoutSecret)
+
+	// The remove goes back to the first ReplicaSet, whose Progressing
+	// condition (NewReplicaSetAvailable, from the inject) the controller
+	// leaves as it is: the rerun must tell it from a completion after the
+	// remove's write, with one-second timestamps.
+	for _, c := range injected.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing {
+			time.Sleep(time.Until(c.LastUpdateTime.Add(time.Second)))
+		}
+	}
+
+	ctx, cancel := context.WithCancel(cl.ctx)
+	defer cancel()
+	go func() {
+		// Interrupt once the controller has taken up the remove's write.
+		_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			d, err := cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web", metav1.GetOptions{})
+			return err == nil && d.Generation > injected.Generation && d.Status.ObservedGeneration == d.Generation, nil
+		})
+		cancel()
+	}()
+	r := cl.jobAs(ctx, cl.c, "remove", "-l", "app=web", "--secret", "db-creds")
+	if r.code == 0 || !strings.Contains(errString(r.err), "rerun to converge") {
+		t.Fatalf("interrupted remove: exit %d (%v); want a failure saying to rerun", r.code, r.err)
+	}
+	if injectedWith("db-creds")(&cl.get("web").Spec.Template) {
+		t.Fatal("the interrupted remove did not write")
+	}
+
+	r = cl.job("remove", "-l", "app=web", "--secret", "db-creds", "--timeout", "8s")
+	if r.code != 5 {
+		t.Fatalf("rerun of remove: exit %d (%v); want 5 (rolled back)\n%s", r.code, r.err, r.out)
+	}
+	d := cl.waitDeployment("web")
+	if d.Spec.Template.Annotations[hashKey] != injected.Spec.Template.Annotations[hashKey] || !injectedWith("db-creds")(&d.Spec.Template) {
+		t.Errorf("after the rolled-back remove: annotations %v; want the injection back", d.Spec.Template.Annotations)
+	}
+	for _, p := range cl.pods("web") {
+		if p.DeletionTimestamp == nil && !podReady(&p) {
+			t.Errorf("pod %s is not Ready", p.Name)
+		}
+	}
+}
 
 // Two Secrets injected into one workload, an edit by its owner, then remove
 // of one: the other injection and the owner's edit remain, in the template
@@ -464,5 +534,40 @@ func TestAPIRollbackRefusedExit6(t *testing.T) {
 	}
 	if !strings.Contains(r.out, "rollback failed") {
 		t.Errorf("report does not say rollback failed:\n%s", r.out)
+	}
+}
+
+// A rerun after the Job's rollout completed, while a pod that was lost
+// since cannot start again (no node for it): not the Job's rollout, so it is
+// not waited for and the injection is not removed (exit 8, nothing written).
+func TestAPIRerunLeavesLostPodsAlone(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+	if r := cl.job(injectArgs("app=web", "db-creds")...); r.code != 0 {
+		t.Fatalf("inject: exit %d (%v)", r.code, r.err)
+	}
+	before := cl.waitDeployment("web")
+	noNode := func(*corev1.Pod) bool { return true }
+	cl.broken.Store(&noNode)
+	p := cl.pods("web")[0]
+	if err := cl.c.CoreV1().Pods(cl.ns).Delete(cl.ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(cl.ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		d, err := cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web", metav1.GetOptions{})
+		return err == nil && d.Status.AvailableReplicas < 2, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "5s")...)
+	if r.code != 8 || !strings.Contains(errString(r.err), "completed") {
+		t.Fatalf("rerun: exit %d (%v); want 8 saying its rollout had completed", r.code, r.err)
+	}
+	d := cl.get("web")
+	if d.Generation != before.Generation || !injectedWith("db-creds")(&d.Spec.Template) {
+		t.Errorf("rerun changed the deployment: generation %d -> %d, injected %v", before.Generation, d.Generation, injectedWith("db-creds")(&d.Spec.Template))
 	}
 }

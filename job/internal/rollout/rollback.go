@@ -272,7 +272,7 @@ func changedWriters(base, now []metav1.ManagedFieldsEntry, manager string) []Wri
 // laterWriters lists the managers other than ours that wrote pod template
 // fields strictly after our manager's last write (managedFields times have
 // one-second resolution: a write within the same second counts as ours).
-func laterWriters(entries []metav1.ManagedFieldsEntry, manager string) (ours bool, later []Writer) {
+func laterWriters(entries []metav1.ManagedFieldsEntry, manager string) (ours *metav1.Time, later []Writer) {
 	var t *metav1.Time
 	for _, e := range entries {
 		if e.Manager == manager && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == "" {
@@ -280,7 +280,7 @@ func laterWriters(entries []metav1.ManagedFieldsEntry, manager string) (ours boo
 		}
 	}
 	if t == nil {
-		return false, nil
+		return nil, nil
 	}
 	for _, e := range entries {
 		if e.Manager == manager || e.Subresource != "" || e.Time == nil || !e.Time.After(t.Time) {
@@ -290,7 +290,7 @@ func laterWriters(entries []metav1.ManagedFieldsEntry, manager string) (ours boo
 			later = append(later, writerOf(e, fields))
 		}
 	}
-	return true, later
+	return t, later
 }
 
 // notStartedByUs says why the unfinished rollout of obj is not one this
@@ -299,7 +299,7 @@ func notStartedByUs(obj runtime.Object, manager string, recorded bool) string {
 	m := workload.New(obj).Meta()
 	ours, later := laterWriters(m.GetManagedFields(), manager)
 	switch {
-	case !ours:
+	case ours == nil:
 		return fmt.Sprintf("field manager %s never applied to it", manager)
 	case len(later) > 0:
 		return "its pod template was changed after this Job's write by " + writers(later)
@@ -309,9 +309,14 @@ func notStartedByUs(obj runtime.Object, manager string, recorded bool) string {
 	gen := m.GetGeneration()
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
+		// A rollout back to an existing ReplicaSet leaves the previous
+		// NewReplicaSetAvailable in place (the controller does not touch a
+		// condition whose reason stays): only one set at or after our
+		// write (one-second resolution: the same second counts, so a doubt
+		// leaves the workload alone) tells that our rollout completed.
 		if o.Status.ObservedGeneration == gen {
 			for _, c := range o.Status.Conditions {
-				if c.Type == appsv1.DeploymentProgressing && c.Reason == "NewReplicaSetAvailable" {
+				if c.Type == appsv1.DeploymentProgressing && c.Reason == "NewReplicaSetAvailable" && !c.LastUpdateTime.Before(ours) {
 					return "its rollout of this pod template completed; it became unhealthy since"
 				}
 			}

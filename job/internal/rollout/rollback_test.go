@@ -73,14 +73,15 @@ func TestChangedWriters(t *testing.T) {
 
 func TestNotStartedByUs(t *testing.T) {
 	const m = "k8secrets/db"
+	create := entry("kubectl-create", metav1.ManagedFieldsOperationUpdate, 0, setImage)
 	dep := func(entries []metav1.ManagedFieldsEntry, reason string) *appsv1.Deployment {
 		return &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", Generation: 3, ManagedFields: entries},
 			Status: appsv1.DeploymentStatus{ObservedGeneration: 3, Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentProgressing, Reason: reason}}},
+				{Type: appsv1.DeploymentProgressing, Reason: reason, LastUpdateTime: *entry("", "", 12, "").Time}}},
 		}
 	}
-	create := entry("kubectl-create", metav1.ManagedFieldsOperationUpdate, 0, setImage)
+	stale := dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 13, ours)}, "NewReplicaSetAvailable")
 	for _, tc := range []struct {
 		name     string
 		obj      *appsv1.Deployment
@@ -91,6 +92,7 @@ func TestNotStartedByUs(t *testing.T) {
 		{"our rollout past its deadline", dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 10, ours)}, "ProgressDeadlineExceeded"), true, ""},
 		{"a hotfix after ours", dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 10, ours), entry("kubectl-set", metav1.ManagedFieldsOperationUpdate, 11, setImage)}, "ReplicaSetUpdated"), true, "changed after this Job's write by kubectl-set"},
 		{"a hotfix in the same second", dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 10, ours), entry("kubectl-set", metav1.ManagedFieldsOperationUpdate, 10, setImage)}, "ReplicaSetUpdated"), true, ""},
+		{"back to an existing ReplicaSet, its old condition stale", stale, true, ""},
 		{"completed, unhealthy since", dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 10, ours)}, "NewReplicaSetAvailable"), true, "completed"},
 		{"never applied", dep([]metav1.ManagedFieldsEntry{create}, "ReplicaSetUpdated"), false, "never applied"},
 		{"no record", dep([]metav1.ManagedFieldsEntry{create, entry(m, metav1.ManagedFieldsOperationApply, 10, ours)}, "ReplicaSetUpdated"), false, "no record"},
