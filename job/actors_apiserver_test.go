@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/k8secrets/k8secrets/internal/apitest"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -24,6 +27,7 @@ import (
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 )
 
@@ -569,5 +573,31 @@ func TestAPIRerunLeavesLostPodsAlone(t *testing.T) {
 	d := cl.get("web")
 	if d.Generation != before.Generation || !injectedWith("db-creds")(&d.Spec.Template) {
 		t.Errorf("rerun changed the deployment: generation %d -> %d, injected %v", before.Generation, d.Generation, injectedWith("db-creds")(&d.Spec.Template))
+	}
+}
+
+// The shipped Role, which has no update on workloads, is enough for a
+// rollback (a server-side apply) and for a rerun's rollback.
+func TestAPIRollbackUnderShippedRole(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	orig := cl.deployment("web", "web", 2)
+	asJob := cl.bindRole(env, "../manifests/base/role.yaml", "k8secrets-job", func(r *rbacv1.Role) {
+		r.Rules[0].ResourceNames = []string{"db-creds"}
+	}, func(ctx context.Context, c kubernetes.Interface) error {
+		_, err := c.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
+		return err
+	})
+	if ok, _ := canI(cl.ctx, asJob, "update", "apps", "deployments", cl.ns); ok {
+		t.Fatal("the shipped Role lets the Job update deployments; want patch only")
+	}
+	r := cl.jobAs(cl.ctx, asJob, injectArgs("app=web", "db-creds", "--timeout", "8s")...)
+	if r.code != 5 {
+		t.Fatalf("inject under the shipped Role: exit %d (%v); want 5 (rolled back)\n%s", r.code, r.err, r.logs)
+	}
+	d := cl.waitDeployment("web")
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback the template is\n%+v\nwant\n%+v", d.Spec.Template, orig.Spec.Template)
 	}
 }
