@@ -260,7 +260,16 @@ func TestAPIRerunLeavesOthersFailingRollout(t *testing.T) {
 	cl.broken.Store(&badImage)
 	cl.waitNextSecond("web", "k8secrets/db-creds")
 	cl.setImage("web", "web:bad")
-	before := cl.get("web")
+	// The controller has taken up the hotfix (its ReplicaSet exists).
+	var before *appsv1.Deployment
+	err := wait.PollUntilContextTimeout(cl.ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		before, err = cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web", metav1.GetOptions{})
+		return err == nil && before.Status.ObservedGeneration == before.Generation, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rs := cl.replicaSets()
 
 	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "5s")...)
@@ -599,5 +608,52 @@ func TestAPIRollbackUnderShippedRole(t *testing.T) {
 	d := cl.waitDeployment("web")
 	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
 		t.Errorf("after the rollback the template is\n%+v\nwant\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+}
+
+// A re-injection v1 -> v2 fails after someone changed the agent's image by
+// hand during the wait: going back to v1 would take their field, so the
+// rollback's apply conflicts and the Job stops with exit 6, naming them and
+// not advising kubectl rollout undo; their change is not overwritten.
+func TestAPIRollbackConflictExit6(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+	if r := cl.job(injectArgs("app=web", "db-creds")...); r.code != 0 {
+		t.Fatalf("inject v1: exit %d (%v)", r.code, r.err)
+	}
+	cl.waitDeployment("web")
+	notV1 := func(p *corev1.Pod) bool {
+		return len(p.Spec.InitContainers) > 0 && p.Spec.InitContainers[0].Image != "k8secrets-agent:test"
+	}
+	cl.broken.Store(&notV1)
+
+	done := cl.jobAsync(cl.ctx, injectArgs("app=web", "db-creds", "--agent-image", "k8secrets-agent:v2", "--timeout", "8s")...)
+	cl.waitTemplate("web", func(t *corev1.PodTemplateSpec) bool {
+		return len(t.Spec.InitContainers) > 0 && t.Spec.InitContainers[0].Image == "k8secrets-agent:v2"
+	})
+	patch := `{"spec":{"template":{"spec":{"initContainers":[{"name":"k8secrets-agent-db-creds","image":"k8secrets-agent:hotfix"}]}}}}`
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Patch(cl.ctx, "web", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "kubectl-set"}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.code != 6 {
+		t.Fatalf("v2: exit %d (%v); want 6", r.code, r.err)
+	}
+	msg := errString(r.err)
+	t.Logf("exit 6: %s", msg)
+	for _, want := range []string{"conflict", "kubectl-set", "do not run kubectl rollout undo"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+	d := cl.get("web")
+	if img := d.Spec.Template.Spec.InitContainers[0].Image; img != "k8secrets-agent:hotfix" {
+		t.Errorf("agent image %s after the refused rollback; want the hotfix kept", img)
+	}
+	for _, e := range d.ManagedFields {
+		if strings.HasPrefix(e.Manager, "k8secrets/") && e.FieldsV1 != nil && strings.Contains(string(e.FieldsV1.Raw), `"f:image"`) {
+			t.Errorf("%s owns an image field after the conflict: %s", e.Manager, e.FieldsV1.Raw)
+		}
 	}
 }
