@@ -407,12 +407,13 @@ func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, ma
 	if err != nil {
 		advice := fmt.Sprintf("no one else changed its pod template since this run's write, so kubectl rollout undo %s/%s -n %s restores the template from before the run",
 			lower(w.Kind()), w.Name(), w.Namespace())
+		what := "refused"
 		if len(others) > 0 {
 			advice = fmt.Sprintf("do not run kubectl rollout undo: it would also revert those changes; fix what refused the write, then run k8secrets-job remove (or rerun the previous inject) for this Secret, or remove the fields of field manager %s by hand", manager)
 		}
-		what := "refused"
 		if apierrors.IsConflict(err) {
 			what = "in conflict with another manager's fields"
+			advice = "do not run kubectl rollout undo: it would also revert their change; the conflicting fields are theirs now: either rerun the inject with flags that match their values, or have them revert their change and rerun the previous inject"
 		}
 		return &othersError{writers: others, err: fmt.Errorf("%w: %s: rollout failed (%v); restoring this run's previous fields (server-side apply under %s, no force) was %s: %v; the workload still carries this run's change%s; %s",
 			ErrRollbackFailed, w, cause, manager, what, err, kept, advice)}
