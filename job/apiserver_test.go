@@ -589,7 +589,15 @@ func TestAPIInterruptedRunConverges(t *testing.T) {
 	if cl.replicaSets() != rs {
 		t.Errorf("rerun created a ReplicaSet (%d -> %d); want it to finish the first rollout", rs, cl.replicaSets())
 	}
-	d := cl.waitDeployment("web")
+	// One read right after the rerun exits, no polling: the rollout it
+	// waited for is complete.
+	d, err := cl.c.AppsV1().Deployments(cl.ns).Get(cl.ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, want := d.Status, *d.Spec.Replicas; s.ObservedGeneration != d.Generation || s.UpdatedReplicas != want || s.AvailableReplicas != want || s.Replicas != want {
+		t.Errorf("right after the rerun: generation %d, status %+v; want observed, %d replicas all updated and available", d.Generation, s, want)
+	}
 	if !strings.HasPrefix(d.Spec.Template.Spec.Volumes[0].Name, "k8secrets-") {
 		t.Errorf("deployment not injected after the rerun")
 	}

@@ -48,6 +48,8 @@ func exitCode(err error) int {
 		return 6
 	case errors.Is(err, rollout.ErrRolledBack):
 		return 5
+	case errors.Is(err, rollout.ErrNotOurs):
+		return 8
 	case errors.Is(err, lock.ErrHeld):
 		return 7
 	}
@@ -262,7 +264,11 @@ func (j *job) roll(ctx context.Context, r *rollout.Roller, changes []plan.Change
 			defer func() { <-slots; wg.Done() }()
 			if err := j.rollOne(ctx, r, ev, i, ch); err != nil {
 				errs[i] = err
-				failed.Store(true)
+				// A workload unhealthy for someone else's reason says
+				// nothing against this change: go on with the others.
+				if !errors.Is(err, rollout.ErrNotOurs) {
+					failed.Store(true)
+				}
 			}
 		}()
 	}
@@ -286,14 +292,16 @@ func (j *job) rollOne(ctx context.Context, r *rollout.Roller, ev *record.Events,
 	}
 	if ch.Skip != "" {
 		e.Result = record.Unchanged
-		if j.cfg.Command == config.Inject {
-			// A rerun: finish what an interrupted run started.
-			waited, err := r.Converge(ctx, w, plan.Remove(w, j.cfg.Secret), progress)
-			if err != nil {
-				j.failed(ctx, ev, e, w, err)
-				return err
-			}
-			if waited {
+		// A rerun: finish the rollout an interrupted run started, and only
+		// that one.
+		waited, err := r.Converge(ctx, ch, progress)
+		if err != nil {
+			j.failed(ctx, ev, e, w, err)
+			return err
+		}
+		if waited {
+			e.Detail = ch.Skip + "; waited for the unfinished rollout this Job started"
+			if j.cfg.Command == config.Inject {
 				e.Detail = "already injected; waited for its unfinished rollout"
 			}
 		}
@@ -323,14 +331,23 @@ func (j *job) failed(ctx context.Context, ev *record.Events, e *record.Entry, w 
 		e.Result = record.RollbackFailed
 	case errors.Is(err, rollout.ErrRolledBack):
 		e.Result = record.RolledBack
+	case errors.Is(err, rollout.ErrNotOurs):
+		e.Result = record.NotOurs
 	default:
 		e.Result = record.Failed
 	}
 	if errors.Is(err, rollout.ErrRolledBack) || errors.Is(err, rollout.ErrRollbackFailed) {
 		ev.Emit(ctx, w, corev1.EventTypeWarning, record.ReasonRolloutFailed, "Rollout", err.Error())
 		if errors.Is(err, rollout.ErrRolledBack) {
-			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRolledBack, "Rollback", "restored the previous pod template; pods are healthy")
+			ev.Emit(ctx, w, corev1.EventTypeNormal, record.ReasonRolledBack, "Rollback", "applied this injection's previous fields again (nothing else); pods are healthy")
 		}
+	}
+	if ws := rollout.ChangedBy(err); len(ws) > 0 {
+		for _, o := range ws {
+			e.ChangedBy = append(e.ChangedBy, o.String())
+		}
+		ev.Emit(ctx, w, corev1.EventTypeWarning, record.ReasonChangedByOthers, "Rollback",
+			"the pod template was changed during the rollout by "+strings.Join(e.ChangedBy, "; ")+"; the rollback left those changes in place")
 	}
 }
 

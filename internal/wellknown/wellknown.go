@@ -24,6 +24,12 @@ const (
 	// rerun with the same intent changes nothing.
 	AnnotationHashPrefix = Domain + "/hash-"
 
+	// AnnotationPreviousPrefix + ID on the workload (not its pod template)
+	// records, in the same apply as the change, the injection's intent
+	// before that change (JSON; an empty object for a first injection): a
+	// rerun that finds the rollout it started failing goes back to it.
+	AnnotationPreviousPrefix = Domain + "/previous-"
+
 	// RefreshAnnotation on a Pod is changed by "k8secrets-job refresh" to make
 	// the kubelet resync that pod, and so its Secret volumes, at once.
 	RefreshAnnotation = Domain + "/refreshed-at"

@@ -87,7 +87,10 @@ const ExitCodes = `Exit codes:
      dry-run rejection (validation, admission, quota); nothing was changed
   5  a rollout failed and that workload was rolled back
   6  the rollback failed too: the message names the objects that need attention
-  7  another run holds the lock for this Secret`
+  7  another run holds the lock for this Secret
+  8  a rerun found a workload unhealthy for a reason the Job did not cause
+     (another manager's change, or pods lost after a finished rollout); it
+     was reported and left alone: nothing was changed`
 
 // Parse reads args (without the program name), the environment and the
 // optional config file. It prints help and usage to out. Bad input returns

@@ -27,6 +27,9 @@ const (
 	ReasonRemoved       = "Removed"
 	ReasonRolloutFailed = "RolloutFailed"
 	ReasonRolledBack    = "RolledBack"
+	// ReasonChangedByOthers: another field manager changed the pod
+	// template while the Job waited; its rollback left that change alone.
+	ReasonChangedByOthers = "ChangedByOthers"
 )
 
 // Controller is the events' reportingController.
@@ -79,6 +82,8 @@ const (
 	RollbackFailed = "rollback failed"
 	NotReached     = "not reached"
 	Failed         = "failed"
+	// NotOurs: unhealthy for a reason this Job did not cause; left alone.
+	NotOurs = "unhealthy, not ours"
 )
 
 // Entry is one workload in the report.
@@ -94,6 +99,9 @@ type Entry struct {
 	Rollout   string   `json:"rollout,omitempty"`
 	Notes     []string `json:"notes,omitempty"`
 	Diff      string   `json:"diff,omitempty"`
+	// ChangedBy names the other field managers that changed the pod
+	// template during the rollout; a rollback left their changes in place.
+	ChangedBy []string `json:"changedBy,omitempty"`
 }
 
 // Report is the final account of one run.

@@ -12,14 +12,11 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 	"github.com/k8secrets/k8secrets/job/internal/workload"
@@ -136,10 +133,12 @@ func (r *Roller) DryRun(ctx context.Context, changes []plan.Change, each func(i 
 }
 
 // Roll applies one change and waits until the workload is rolled out and
-// healthy. On failure or timeout it restores the workload's previous pod
-// template, waits for it to be healthy again, and returns an error wrapping
-// ErrRolledBack, or ErrRollbackFailed naming what needs attention.
-// progress receives the rollout's state as it changes.
+// healthy. The same apply records, on the workload, the manager's intent
+// before it (see Converge). On failure or timeout it applies that previous
+// intent under the same manager (rollback), waits for the workload to be
+// healthy again, and returns an error wrapping ErrRolledBack, or
+// ErrRollbackFailed naming what needs attention. progress receives the
+// rollout's state as it changes.
 func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)) error {
 	w := ch.Workload
 	manager := plan.FieldManager(ch.ID)
@@ -151,9 +150,15 @@ func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)
 	if err != nil {
 		return fmt.Errorf("read %s's previous state: %w", w, err)
 	}
-	saved := workload.Template(before).DeepCopy()
-
-	obj, err := r.Apply(ctx, ch, false)
+	rec, err := recordPrevious(prev, ch.ID)
+	if err != nil {
+		return fmt.Errorf("record %s's previous state: %w", w, err)
+	}
+	ac, err := withAnnotation(ch.Apply, PreviousAnnotation(ch.ID), rec)
+	if err != nil {
+		return fmt.Errorf("apply %s: %w", w, err)
+	}
+	obj, err := apply(ctx, r.Client, ac, manager, false)
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", w, err)
 	}
@@ -168,56 +173,7 @@ func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)
 		return fmt.Errorf("%s: interrupted while rolling out; rerun to converge: %w", w, waitErr)
 	}
 	r.Log.Warn("rollout failed; rolling back", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
-	if err := r.rollback(context.WithoutCancel(ctx), w, prev, manager, saved, progress); err != nil {
-		return fmt.Errorf("%w: %s: rollout failed (%v), and rolling it back failed too: %v; restore its pod template by hand (kubectl rollout undo %s/%s -n %s) and check its pods",
-			ErrRollbackFailed, w, waitErr, err, lower(w.Kind()), w.Name(), w.Namespace())
-	}
-	return fmt.Errorf("%w: %s: %v; its previous pod template is restored and its pods are healthy", ErrRolledBack, w, waitErr)
-}
-
-// Converge brings a workload that already carries the change (a rerun after
-// an interrupted run) to a finished rollout: it waits for it, and on failure
-// applies undo, which removes the injection, and waits again.
-func (r *Roller) Converge(ctx context.Context, w workload.Workload, undo plan.Change, progress func(string)) (waited bool, err error) {
-	obj, err := r.Cache.Get(w.Kind(), w.Name())
-	if err != nil {
-		return false, fmt.Errorf("read %s: %w", w, err)
-	}
-	if _, done, err := Status(obj); done && err == nil {
-		return false, nil
-	}
-	gen := workload.New(obj).Meta().GetGeneration()
-	waitErr := r.rollOut(ctx, w, gen, progress)
-	if waitErr == nil || ctx.Err() != nil || errors.Is(waitErr, ErrUnreachable) {
-		return true, waitErr
-	}
-	r.Log.Warn("unfinished rollout failed; removing the injection", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", waitErr)
-	rctx := context.WithoutCancel(ctx)
-	undone, err := r.Apply(rctx, undo, false)
-	if err != nil {
-		return true, fmt.Errorf("%w: %s: %v; removing the injection failed: %v", ErrRollbackFailed, w, waitErr, err)
-	}
-	if err := r.settle(rctx, w, workload.New(undone).Meta().GetGeneration(), progress, badRevision(obj)); err != nil {
-		return true, fmt.Errorf("%w: %s: %v; after removing the injection: %v", ErrRollbackFailed, w, waitErr, err)
-	}
-	return true, fmt.Errorf("%w: %s: %v; the injection is removed and its pods are healthy", ErrRolledBack, w, waitErr)
-}
-
-func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, manager string, saved *corev1.PodTemplateSpec, progress func(string)) error {
-	bad, _ := r.Cache.Get(w.Kind(), w.Name())
-	obj, err := apply(ctx, r.Client, prev, manager, false)
-	if err != nil {
-		return fmt.Errorf("re-apply the previous fields of %s: %w", manager, err)
-	}
-	if !equality.Semantic.DeepEqual(workload.Template(obj), saved) {
-		// Another manager changed fields of ours meanwhile: write the saved
-		// template back whole.
-		r.Log.Warn("pod template differs after re-apply; writing the saved template", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name())
-		if err := r.restore(ctx, w, saved, manager); err != nil {
-			return err
-		}
-	}
-	return r.settle(ctx, w, workload.New(obj).Meta().GetGeneration(), progress, badRevision(bad))
+	return r.rollback(context.WithoutCancel(ctx), w, prev, manager, workload.New(obj).Meta().GetManagedFields(), waitErr, progress)
 }
 
 // settle waits, after a rollback, for the workload to be healthy again. A
@@ -248,38 +204,6 @@ func badRevision(obj runtime.Object) string {
 		return sts.Status.UpdateRevision
 	}
 	return ""
-}
-
-func (r *Roller) restore(ctx context.Context, w workload.Workload, saved *corev1.PodTemplateSpec, manager string) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		opts := metav1.UpdateOptions{FieldManager: manager}
-		apps := r.Client.AppsV1()
-		var err error
-		switch w.Kind() {
-		case workload.Deployment:
-			var d *appsv1.Deployment
-			if d, err = apps.Deployments(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
-				d.Spec.Template = *saved.DeepCopy()
-				_, err = apps.Deployments(w.Namespace()).Update(ctx, d, opts)
-			}
-		case workload.StatefulSet:
-			var s *appsv1.StatefulSet
-			if s, err = apps.StatefulSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
-				s.Spec.Template = *saved.DeepCopy()
-				_, err = apps.StatefulSets(w.Namespace()).Update(ctx, s, opts)
-			}
-		case workload.DaemonSet:
-			var d *appsv1.DaemonSet
-			if d, err = apps.DaemonSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{}); err == nil {
-				d.Spec.Template = *saved.DeepCopy()
-				_, err = apps.DaemonSets(w.Namespace()).Update(ctx, d, opts)
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("restore the pod template of %s: %w", w, err)
-		}
-		return nil
-	})
 }
 
 // rollOut waits, within r.Timeout, until the workload's generation gen is
