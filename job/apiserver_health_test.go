@@ -1,0 +1,473 @@
+package main
+
+// "Rolled out" only when pods carry it, and fail fast with the cause: each
+// case against a real kube-apiserver and kube-controller-manager (quota,
+// Pod Security admission, the disruption controller, the Eviction API).
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"github.com/k8secrets/k8secrets/internal/apitest"
+)
+
+// quota creates a ResourceQuota of pods pods and waits until the quota
+// controller has computed its usage (before that, admission refuses every
+// pod with "status unknown for quota").
+func (cl *cluster) quota(pods int64) {
+	cl.t.Helper()
+	q := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: *resource.NewQuantity(pods, resource.DecimalSI)}}}
+	if _, err := cl.c.CoreV1().ResourceQuotas(cl.ns).Create(cl.ctx, q, metav1.CreateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		q, err := cl.c.CoreV1().ResourceQuotas(cl.ns).Get(ctx, "pods", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		_, ok := q.Status.Used[corev1.ResourcePods]
+		return ok, nil
+	})
+	if err != nil {
+		cl.t.Fatalf("quota usage never computed: %v", err)
+	}
+}
+
+// A quota that leaves no room for the surge pod: the pod dry-run refuses
+// the change before any write (exit 4, quoting the quota), nothing moved.
+func TestAPIQuotaRefusedByPodDryRun(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 2)
+	cl.quota(2)
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "exceeded quota") {
+		t.Fatalf("inject: exit %d (%v); want 4 quoting the quota", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although the pod dry-run refused:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// applyHook is a transport that runs hook once, just before the first
+// write (not a dry-run) to the workloads, and records when.
+type applyHook struct {
+	next http.RoundTripper
+	once sync.Once
+	hook func()
+	at   atomic.Pointer[time.Time]
+}
+
+func (h *applyHook) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodPatch && strings.Contains(req.URL.Path, "/deployments/") && !strings.Contains(req.URL.RawQuery, "dryRun") {
+		h.once.Do(func() {
+			h.hook()
+			now := time.Now()
+			h.at.Store(&now)
+		})
+	}
+	return h.next.RoundTrip(req)
+}
+
+// The quota arrives after the dry-run, just before the apply: the new
+// ReplicaSet cannot create its surge pod, the Deployment says so in
+// ReplicaFailure, and the Job fails and rolls back within seconds, quoting
+// it, not after --timeout (60 s here).
+func TestAPIQuotaAfterDryRunFailsFast(t *testing.T) {
+	cl := newCluster(t, never)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	orig := cl.deployment("web", "web", 2)
+	cfg := rest.CopyConfig(env.Config)
+	h := &applyHook{hook: func() { cl.quota(2) }}
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { h.next = rt; return h }
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cl.jobAs(cl.ctx, client, injectArgs("app=web", "db-creds", "--timeout", "60s")...)
+	end := time.Now()
+	if r.code != 5 || !strings.Contains(errString(r.err), "exceeded quota") || !strings.Contains(errString(r.err), "ReplicaFailure") {
+		t.Fatalf("inject: exit %d (%v); want 5 quoting the ReplicaFailure condition's quota message", r.code, r.err)
+	}
+	at := h.at.Load()
+	if at == nil {
+		t.Fatal("the apply never went through the hook")
+	}
+	took := end.Sub(*at)
+	t.Logf("failed and rolled back %.1f s after the apply (--timeout 60s): %v", took.Seconds(), r.err)
+	if took > 15*time.Second {
+		t.Errorf("failed and rolled back %s after the apply; want within 15 s", took)
+	}
+	d := cl.waitDeployment("web")
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback the template differs from the original")
+	}
+}
+
+// restricted labels the namespace enforce=restricted (existing pods stay).
+func (cl *cluster) restricted() {
+	cl.t.Helper()
+	ns, err := cl.c.CoreV1().Namespaces().Get(cl.ctx, cl.ns, metav1.GetOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	ns.Labels["pod-security.kubernetes.io/enforce"] = "restricted"
+	ns.Labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+	if _, err := cl.c.CoreV1().Namespaces().Update(cl.ctx, ns, metav1.UpdateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+}
+
+// An app that Pod Security "restricted" would refuse: the injection is
+// refused before any write (exit 4, quoting Pod Security), nothing moved.
+// The Deployment alone passes admission (Pod Security enforces on pods
+// only), so only the pod dry-run can see it.
+func TestAPIPodSecurityRefused(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	cl.restricted()
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "PodSecurity") {
+		t.Fatalf("inject: exit %d (%v); want 4 quoting Pod Security", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although Pod Security refused:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// In a namespace that enforces "restricted", a compliant app is injected:
+// the agent complies too, and the new pods are admitted for real.
+func TestAPIPodSecurityRestrictedInjects(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.restricted()
+	tmpl := podTemplate("web")
+	tmpl.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	tmpl.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(1000)), AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(2)),
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}, Template: tmpl}}
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Create(cl.ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cl.waitDeployment("web")
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 0 {
+		t.Fatalf("inject: exit %d (%v)\n%s", r.code, r.err, r.logs)
+	}
+	d = cl.waitDeployment("web")
+	n := 0
+	for _, p := range cl.pods("web") {
+		if p.DeletionTimestamp == nil && hasInjectedVolume(&p) && podReady(&p) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d Ready injected pods admitted under enforce=restricted; want 2", n)
+	}
+}
+
+// A paused Deployment would never roll: refused up front, nothing moved.
+func TestAPIPausedDeploymentRefused(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	d, _ := cl.c.AppsV1().Deployments(cl.ns).Get(cl.ctx, "web", metav1.GetOptions{})
+	d.Spec.Paused = true
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Update(cl.ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cl.waitDeployment("web")
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "is paused") || !strings.Contains(errString(r.err), "kubectl rollout resume") {
+		t.Fatalf("inject: exit %d (%v); want 4 saying it is paused and how to resume", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although refused:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// A StatefulSet partition at its replicas would update no pod: refused. A
+// partition below: rolled out to the pods it lets through, and the report
+// says which; the others are left as they were.
+func TestAPIPartitionedStatefulSet(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.statefulSet("db", "db", 3, appsv1.RollingUpdateStatefulSetStrategyType)
+	setPartition := func(p int32) {
+		s, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{})
+		s.Spec.UpdateStrategy.RollingUpdate = &appsv1.RollingUpdateStatefulSetStrategy{Partition: ptr.To(p)}
+		if _, err := cl.c.AppsV1().StatefulSets(cl.ns).Update(cl.ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			s, err := cl.c.AppsV1().StatefulSets(cl.ns).Get(ctx, "db", metav1.GetOptions{})
+			return err == nil && s.Status.ObservedGeneration == s.Generation, nil
+		})
+	}
+	setPartition(3)
+	s0, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{})
+	r := cl.job(injectArgs("app=db", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "partition 3 with 3 replicas") {
+		t.Fatalf("inject, partition 3 of 3: exit %d (%v); want 4 naming the partition", r.code, r.err)
+	}
+	if s, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{}); s.ResourceVersion != s0.ResourceVersion {
+		t.Errorf("statefulset changed although refused")
+	}
+
+	setPartition(1)
+	r = cl.job(injectArgs("app=db", "db-creds")...)
+	if r.code != 0 || !strings.Contains(r.out, "partition 1: only the 2 pods with ordinal 1 or more take the change") {
+		t.Fatalf("inject, partition 1 of 3: exit %d (%v); want 0 and the partition in the report:\n%s", r.code, r.err, r.out)
+	}
+	for _, p := range cl.pods("db") {
+		if want := p.Name != "db-0"; hasInjectedVolume(&p) != want || !podReady(&p) {
+			t.Errorf("pod %s: injected %v, ready %v; want injected %v (partition 1) and ready", p.Name, hasInjectedVolume(&p), podReady(&p), want)
+		}
+	}
+}
+
+// A Deployment owned by another controller (an operator, which would
+// revert the template) is skipped with its owner named, untouched; the
+// run goes on with the others.
+func TestAPIOwnedDeploymentSkipped(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	owner, err := cl.c.CoreV1().ConfigMaps(cl.ns).Create(cl.ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "shop-operator-app"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "owned",
+		OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: owner.Name, UID: owner.UID, Controller: ptr.To(true)}}},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(1)), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "owned"}},
+			Template: podTemplate("owned")}}
+	d.Spec.Template.Labels["tier"] = "web"
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Create(cl.ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	owned := cl.waitDeployment("owned")
+	cl.deployment("web", "web", 1)
+	r := cl.job(injectArgs("app in (web,owned)", "db-creds")...)
+	if r.code != 0 || !strings.Contains(r.out, "owned by ConfigMap shop-operator-app (v1)") || !strings.Contains(r.out, "skipped") {
+		t.Fatalf("inject: exit %d (%v); want 0 with the owned Deployment skipped, its owner named:\n%s", r.code, r.err, r.out)
+	}
+	if got, _ := cl.c.AppsV1().Deployments(cl.ns).Get(cl.ctx, "owned", metav1.GetOptions{}); got.ResourceVersion != owned.ResourceVersion {
+		t.Errorf("the owned deployment was written (resourceVersion %s -> %s)", owned.ResourceVersion, got.ResourceVersion)
+	}
+	if web := cl.waitDeployment("web"); len(web.Spec.Template.Spec.Volumes) != 1 {
+		t.Errorf("the unowned deployment was not injected")
+	}
+}
+
+// pdb creates a PodDisruptionBudget over app=app and waits until the
+// disruption controller has computed it (evictions need its status).
+func (cl *cluster) pdb(app string, minAvailable int) {
+	cl.t.Helper()
+	p := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: app},
+		Spec: policyv1.PodDisruptionBudgetSpec{MinAvailable: ptr.To(intstr.FromInt32(int32(minAvailable))),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}}}
+	if _, err := cl.c.PolicyV1().PodDisruptionBudgets(cl.ns).Create(cl.ctx, p, metav1.CreateOptions{}); err != nil {
+		cl.t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cl.c.PolicyV1().PodDisruptionBudgets(cl.ns).Get(ctx, app, metav1.GetOptions{})
+		return err == nil && p.Status.ObservedGeneration == p.Generation && p.Status.ExpectedPods > 0, nil
+	})
+	if err != nil {
+		cl.t.Fatalf("pdb %s never computed: %v", app, err)
+	}
+}
+
+// watchAvailable follows the pods of app and records the fewest that were
+// Ready and not being deleted at any moment, until stop is called.
+func (cl *cluster) watchAvailable(app string) (fewest func() int, stop func()) {
+	cl.t.Helper()
+	ctx, cancel := context.WithCancel(cl.ctx)
+	l, err := cl.c.CoreV1().Pods(cl.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	state := map[types.UID]bool{}
+	for i := range l.Items {
+		state[l.Items[i].UID] = l.Items[i].DeletionTimestamp == nil && podReady(&l.Items[i])
+	}
+	w, err := cl.c.CoreV1().Pods(cl.ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=" + app, ResourceVersion: l.ResourceVersion})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	var mu sync.Mutex
+	min := 1 << 30
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			mu.Lock()
+			state[p.UID] = ev.Type != watch.Deleted && p.DeletionTimestamp == nil && podReady(p)
+			n := 0
+			for _, up := range state {
+				if up {
+					n++
+				}
+			}
+			if n < min && len(state) > 0 {
+				min = n
+			}
+			mu.Unlock()
+		}
+	}()
+	return func() int { mu.Lock(); defer mu.Unlock(); return min }, func() { cancel(); w.Stop(); <-done }
+}
+
+// OnDelete StatefulSet under a PodDisruptionBudget: the Job's own pod
+// replacements go through the Eviction API. With minAvailable = replicas-1
+// it rolls every pod and the budget is never broken; with a pod unready it
+// refuses before any write; with minAvailable = replicas no eviction is
+// allowed, so no pod is removed and the rollout fails at --timeout.
+func TestAPIOnDeleteStatefulSetPDB(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.statefulSet("db", "db", 3, appsv1.OnDeleteStatefulSetStrategyType)
+	cl.pdb("db", 2)
+
+	// One pod unready (someone else's problem): refused, nothing moved.
+	p0, _ := cl.c.CoreV1().Pods(cl.ns).Get(cl.ctx, "db-0", metav1.GetOptions{})
+	setReady := func(p *corev1.Pod, s corev1.ConditionStatus) {
+		for i := range p.Status.Conditions {
+			if p.Status.Conditions[i].Type == corev1.PodReady || p.Status.Conditions[i].Type == corev1.ContainersReady {
+				p.Status.Conditions[i].Status = s
+			}
+		}
+		if _, err := cl.c.CoreV1().Pods(cl.ns).UpdateStatus(cl.ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setReady(p0, corev1.ConditionFalse)
+	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err := cl.c.AppsV1().StatefulSets(cl.ns).Get(ctx, "db", metav1.GetOptions{})
+		return err == nil && s.Status.ReadyReplicas == 2, nil
+	})
+	before := cl.versions()
+	r := cl.job(injectArgs("app=db", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "2 of 3 pods Ready") {
+		t.Fatalf("inject with db-0 unready: exit %d (%v); want 4", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although refused:\nbefore %s\nafter  %s", before, after)
+	}
+	p0, _ = cl.c.CoreV1().Pods(cl.ns).Get(cl.ctx, "db-0", metav1.GetOptions{})
+	setReady(p0, corev1.ConditionTrue)
+	_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cl.c.PolicyV1().PodDisruptionBudgets(cl.ns).Get(ctx, "db", metav1.GetOptions{})
+		return err == nil && p.Status.DisruptionsAllowed == 1, nil
+	})
+
+	// All Ready: rolled through evictions, never below minAvailable.
+	fewest, stop := cl.watchAvailable("db")
+	r = cl.job(injectArgs("app=db", "db-creds")...)
+	stop()
+	if r.code != 0 {
+		t.Fatalf("inject: exit %d (%v)\n%s", r.code, r.err, r.logs)
+	}
+	if n := fewest(); n < 2 {
+		t.Errorf("at one moment only %d pods were Ready; the budget says at least 2", n)
+	}
+	for _, p := range cl.pods("db") {
+		if !hasInjectedVolume(&p) || !podReady(&p) {
+			t.Errorf("pod %s: injected %v, ready %v; want both", p.Name, hasInjectedVolume(&p), podReady(&p))
+		}
+	}
+}
+
+// With minAvailable = replicas the budget allows no eviction: the Job
+// removes no pod, and its rollout fails at --timeout and is rolled back.
+func TestAPIOnDeleteStatefulSetPDBHolds(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	orig := cl.statefulSet("db", "db", 3, appsv1.OnDeleteStatefulSetStrategyType)
+	cl.pdb("db", 3)
+	uids := map[string]types.UID{}
+	for _, p := range cl.pods("db") {
+		uids[p.Name] = p.UID
+	}
+	r := cl.job(injectArgs("app=db", "db-creds", "--timeout", "8s")...)
+	if r.code != 5 || !strings.Contains(errString(r.err), "PodDisruptionBudget") {
+		t.Fatalf("inject: exit %d (%v); want 5 naming the PodDisruptionBudget", r.code, r.err)
+	}
+	for _, p := range cl.pods("db") {
+		if uids[p.Name] != p.UID || p.DeletionTimestamp != nil {
+			t.Errorf("pod %s was removed although the budget allowed no disruption", p.Name)
+		}
+	}
+	s, _ := cl.c.AppsV1().StatefulSets(cl.ns).Get(cl.ctx, "db", metav1.GetOptions{})
+	if !equality.Semantic.DeepEqual(s.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback the template differs from the original")
+	}
+}
+
+// The pod dry-run needs "create" on pods (a dry-run needs the verb of the
+// real write): without it the Job stops before any write, exit 1, naming
+// the verb, not exit 4 as if the change were wrong.
+func TestAPIPodDryRunNeedsCreate(t *testing.T) {
+	cl := newCluster(t, never)
+	env := apitest.Shared(t)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	asJob := cl.bindRole(env, "../manifests/base/role.yaml", "k8secrets-job", func(r *rbacv1.Role) {
+		r.Rules[0].ResourceNames = []string{"db-creds"}
+		for i := range r.Rules {
+			if len(r.Rules[i].Resources) == 1 && r.Rules[i].Resources[0] == "pods" {
+				var verbs []string
+				for _, v := range r.Rules[i].Verbs {
+					if v != "create" {
+						verbs = append(verbs, v)
+					}
+				}
+				r.Rules[i].Verbs = verbs
+			}
+		}
+	}, func(ctx context.Context, c kubernetes.Interface) error {
+		_, err := c.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
+		return err
+	})
+	before := cl.versions()
+	r := cl.jobAs(cl.ctx, asJob, injectArgs("app=web", "db-creds")...)
+	if r.code != 1 || !strings.Contains(errString(r.err), `grant verb "create" on pods`) {
+		t.Fatalf("inject without pods create: exit %d (%v); want 1 naming the verb", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
+	}
+}
