@@ -55,8 +55,8 @@ func TestHealthAgentCrashAfterReadyRollsBack(t *testing.T) {
 
 	r := s.job(ctx, t, "", ns, [][]byte{value}, "inject", "-l", "app=web", "--secret", "db-creds",
 		"--agent-image", image, "--timeout", "60s", "--healthy-for", "20s")
-	if r.code != 5 || !strings.Contains(r.stderr+r.stdout, "restarted") {
-		t.Fatalf("inject with an agent that crashes after Ready: %s\nwant exit 5 naming the restart", r)
+	if r.code != 5 || !strings.Contains(r.stderr+r.stdout, "(--healthy-for)") {
+		t.Fatalf("inject with an agent that crashes after Ready: %s\nwant exit 5 naming the crash within --healthy-for", r)
 	}
 	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
