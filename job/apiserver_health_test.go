@@ -471,3 +471,28 @@ func TestAPIPodDryRunNeedsCreate(t *testing.T) {
 		t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
 	}
 }
+
+// A rollback to an existing ReplicaSet can leave the ProgressDeadlineExceeded
+// of the failed rollout in place until the controller sees progress (here:
+// Recreate, one replica, so the rollback's first sync shows none). That
+// stale condition is not a failed rollback: the Job waits for the old pods
+// and exits 5 (rolled back), not 6.
+func TestAPIStaleDeadlineAfterRollback(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	cl.secret("db-creds")
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(1)),
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}, Template: podTemplate("web"),
+		Strategy: appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}, ProgressDeadlineSeconds: ptr.To(int32(2))}}
+	if _, err := cl.c.AppsV1().Deployments(cl.ns).Create(cl.ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	orig := cl.waitDeployment("web")
+	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "30s")...)
+	if r.code != 5 || !strings.Contains(errString(r.err), "exceeded its progress deadline") {
+		t.Fatalf("inject: exit %d (%v); want 5: failed on the deadline, rolled back", r.code, r.err)
+	}
+	got := cl.waitDeployment("web")
+	if !equality.Semantic.DeepEqual(got.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback the template differs from the original")
+	}
+}
