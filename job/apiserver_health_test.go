@@ -496,3 +496,34 @@ func TestAPIStaleDeadlineAfterRollback(t *testing.T) {
 		t.Errorf("after the rollback the template differs from the original")
 	}
 }
+
+// An operator (another writer, here an Update of the whole template) puts
+// the template back while the Job waits: the Deployment then rolls out,
+// but not the injection. The Job judges the generation that carries its
+// hash: a failure naming the other writer, never "injected".
+func TestAPIRevertedDuringWaitIsNotInjected(t *testing.T) {
+	cl := newCluster(t, hasInjectedVolume)
+	cl.secret("db-creds")
+	orig := cl.deployment("web", "web", 2)
+	go func() {
+		_ = wait.PollUntilContextTimeout(cl.ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			return cl.replicaSets() >= 2, nil
+		})
+		_ = wait.PollUntilContextTimeout(cl.ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			d, err := cl.c.AppsV1().Deployments(cl.ns).Get(ctx, "web", metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			d.Spec.Template = *orig.Spec.Template.DeepCopy()
+			_, err = cl.c.AppsV1().Deployments(cl.ns).Update(ctx, d, metav1.UpdateOptions{FieldManager: "operator"})
+			return err == nil, nil
+		})
+	}()
+	r := cl.job(injectArgs("app=web", "db-creds", "--timeout", "30s")...)
+	if r.code == 0 || !strings.Contains(errString(r.err), "no longer carries k8secrets.io/hash-db-creds") {
+		t.Fatalf("inject reverted by another writer: exit %d (%v); want a failure saying the template no longer carries the hash:\n%s", r.code, r.err, r.out)
+	}
+	if ev := cl.events("Injected"); len(ev) != 0 {
+		t.Errorf("Injected events %v although the injection was reverted", ev)
+	}
+}
