@@ -90,6 +90,9 @@ func (r *Roller) rollOnDeleteDaemonSet(ctx context.Context, w workload.Workload,
 		}
 		ds := obj.(*appsv1.DaemonSet)
 		want := ds.Annotations[templateGenerationAnnotation]
+		if want == "" {
+			return fmt.Errorf("%s: no %s annotation: cannot tell its pods' template; roll its pods by deleting them (updateStrategy OnDelete)", w, templateGenerationAnnotation)
+		}
 		pods, err := r.daemonPods(ctx, ds)
 		if err != nil {
 			return err
