@@ -527,3 +527,54 @@ func TestAPIRevertedDuringWaitIsNotInjected(t *testing.T) {
 		t.Errorf("Injected events %v although the injection was reverted", ev)
 	}
 }
+
+// The shipped Role is enough for the Job's own pod replacements (an OnDelete
+// StatefulSet: evictions) and the pod dry-run, and both rules are needed:
+// without pods/eviction the roll stops, naming the missing verb, with no
+// pod removed.
+func TestAPIShippedRoleEvicts(t *testing.T) {
+	env := apitest.Shared(t)
+	for _, tc := range []struct {
+		name     string
+		evict    bool
+		code     int
+		contains string
+	}{
+		{"shipped role", true, 0, ""},
+		{"without pods/eviction", false, 5, `grant verb "create" on pods/eviction`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := newCluster(t, never)
+			cl.secret("db-creds")
+			cl.statefulSet("db", "db", 2, appsv1.OnDeleteStatefulSetStrategyType)
+			uids := map[string]types.UID{}
+			for _, p := range cl.pods("db") {
+				uids[p.Name] = p.UID
+			}
+			asJob := cl.bindRole(env, "../manifests/base/role.yaml", "k8secrets-job", func(r *rbacv1.Role) {
+				r.Rules[0].ResourceNames = []string{"db-creds"}
+				if !tc.evict {
+					var rules []rbacv1.PolicyRule
+					for _, rule := range r.Rules {
+						if len(rule.Resources) != 1 || rule.Resources[0] != "pods/eviction" {
+							rules = append(rules, rule)
+						}
+					}
+					r.Rules = rules
+				}
+			}, func(ctx context.Context, c kubernetes.Interface) error {
+				_, err := c.CoreV1().Secrets(cl.ns).Get(ctx, "db-creds", metav1.GetOptions{})
+				return err
+			})
+			r := cl.jobAs(cl.ctx, asJob, injectArgs("app=db", "db-creds", "--timeout", "10s")...)
+			if r.code != tc.code || !strings.Contains(errString(r.err), tc.contains) {
+				t.Fatalf("inject into an OnDelete StatefulSet: exit %d (%v); want %d naming %q\n%s", r.code, r.err, tc.code, tc.contains, r.logs)
+			}
+			for _, p := range cl.pods("db") {
+				if replaced := uids[p.Name] != p.UID; replaced != tc.evict || hasInjectedVolume(&p) != tc.evict {
+					t.Errorf("pod %s: replaced %v, injected %v; want %v", p.Name, replaced, hasInjectedVolume(&p), tc.evict)
+				}
+			}
+		})
+	}
+}
