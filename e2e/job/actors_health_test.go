@@ -3,7 +3,12 @@
 package job
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +16,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/k8secrets/k8secrets/e2e/framework"
@@ -154,4 +161,110 @@ func TestHealthRestrictedNamespaceInjects(t *testing.T) {
 		t.Fatalf("inject under enforce=restricted: %s\nwant exit 0", r)
 	}
 	s.webInjected(ctx, t, ns, value)
+}
+
+// notBestEffortQuota allows no pod that requests resources: the app's pods
+// (no requests) are BestEffort and unaffected; a pod with the injected
+// agent (it requests CPU and memory) is refused.
+func (s *suite) notBestEffortQuota(ctx context.Context, t *testing.T, ns string) {
+	t.Helper()
+	q := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "no-burstable"},
+		Spec: corev1.ResourceQuotaSpec{
+			Hard:   corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")},
+			Scopes: []corev1.ResourceQuotaScope{corev1.ResourceQuotaScopeNotBestEffort},
+		}}
+	if _, err := s.Client.CoreV1().ResourceQuotas(ns).Create(ctx, q, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create quota: %v", err)
+	}
+}
+
+// A ResourceQuota that refuses the new pods: refused by the pod dry-run
+// before any write (exit 4), no object's resourceVersion moved.
+func TestHealthQuotaRefusedByPodDryRun(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	s.deployment(ctx, t, ns, "web", "web", 2)
+	s.notBestEffortQuota(ctx, t, ns)
+	before := s.stableVersions(ctx, t, ns)
+	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(r.stderr, "exceeded quota") && !strings.Contains(r.stderr, "quota") {
+		t.Fatalf("inject under a quota that refuses the new pods: %s\nwant exit 4 quoting the quota", r)
+	}
+	if after := s.versions(ctx, t, ns); after != before {
+		t.Errorf("objects changed although the pod dry-run refused:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// The same quota, created the moment the Job logs "applying" (after its
+// dry-runs passed): the new ReplicaSet cannot create its pods, the
+// Deployment says so in ReplicaFailure, and the Job fails and rolls back
+// within 15 s of the apply (--timeout is 2m), quoting the quota; the pods
+// end Ready on the previous template.
+func TestHealthQuotaAfterDryRunFailsFast(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 5*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	orig := s.deployment(ctx, t, ns, "web", "web", 2)
+	before := s.livePods(ctx, t, ns, "app=web")
+
+	args := append([]string{"inject", "--kubeconfig", s.Kubeconfig, "-n", ns}, s.injectArgs("app=web", "db-creds", "--timeout", "2m")[1:]...)
+	cmd := exec.CommandContext(ctx, s.bin, args...)
+	cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var applied time.Time
+	var logs strings.Builder
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		line := sc.Text()
+		logs.WriteString(line + "\n")
+		if applied.IsZero() && strings.Contains(line, "msg=applying") {
+			s.notBestEffortQuota(ctx, t, ns)
+			applied = time.Now()
+		}
+	}
+	err = cmd.Wait()
+	took := time.Since(applied)
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	}
+	out := stdout.String() + logs.String()
+	if bytes.Contains([]byte(out), value) {
+		t.Fatal("k8secrets-job printed the Secret's value (output withheld)")
+	}
+	if applied.IsZero() || code != 5 || !strings.Contains(out, "ReplicaFailure") || !strings.Contains(out, "quota") {
+		t.Fatalf("inject with a quota arriving at the apply: exit %d\n%s\nwant exit 5 quoting the ReplicaFailure condition and the quota", code, out)
+	}
+	t.Logf("failed and rolled back %.1f s after the apply (--timeout 2m)", took.Seconds())
+	if took > 15*time.Second {
+		t.Errorf("failed and rolled back %s after the apply; want within 15 s", took)
+	}
+	// The quota may have come just after the first new pod: then an old
+	// pod was replaced, so check the template and the pods, not their UIDs.
+	d, err := s.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(d.Spec.Template, orig.Spec.Template) {
+		t.Errorf("after the rollback deployment/web's template is\n%+v\nwant the one before\n%+v", d.Spec.Template, orig.Spec.Template)
+	}
+	if err := s.WaitDeploymentAvailable(ctx, ns, "web", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	after := s.settledPods(ctx, t, ns, "app=web", 2, "db-creds", false)
+	t.Logf("pods before %s; after %s", restartCounts(before), restartCounts(after))
 }
