@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -15,40 +14,44 @@ import (
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 
-	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 	"github.com/k8secrets/k8secrets/job/internal/workload"
 )
 
 // note records the object a write of ours returned: the waits that follow
-// judge the workload against it (conditions newer than the write; the
-// template still carrying the injection hashes it carried).
-func (r *Roller) note(obj runtime.Object) {
+// judge the workload's conditions against it (only conditions newer than
+// the write count). hashKey, when set, is the injection-hash annotation the
+// write put on the template, which the judged template must still carry.
+func (r *Roller) note(obj runtime.Object, hashKey ...string) {
 	if obj == nil {
 		return
 	}
 	w := workload.New(obj)
-	r.written.Store(string(w.Kind())+"/"+w.Name(), obj)
+	r.written.Store(string(w.Kind())+"/"+w.Name(), written{obj: obj, keys: hashKey})
 }
 
-// writtenObj is the object our last write of w returned, or nil.
-func (r *Roller) writtenObj(w workload.Workload) runtime.Object {
+type written struct {
+	obj  runtime.Object
+	keys []string
+}
+
+// writtenObj is what our last write of w returned, if any.
+func (r *Roller) writtenObj(w workload.Workload) written {
 	if v, ok := r.written.Load(string(w.Kind()) + "/" + w.Name()); ok {
-		return v.(runtime.Object)
+		return v.(written)
 	}
-	return nil
+	return written{}
 }
 
-// carries checks that obj's pod template still carries every injection hash
-// that our last write put there: a template without it (an operator or a CD
-// system reverted it) is not our rollout, whatever its status says.
-func carries(obj, written runtime.Object) error {
-	if written == nil {
-		return nil
-	}
+// carries checks that obj's pod template still carries the injection hash
+// that our write put there: a template without it (an operator or a CD
+// system reverted it) is not our rollout, whatever its status says. Other
+// injections' hashes may change meanwhile: they are not ours to judge.
+func carries(obj runtime.Object, wr written) error {
 	have := workload.Template(obj).Annotations
-	for k, v := range workload.Template(written).Annotations {
-		if strings.HasPrefix(k, wellknown.AnnotationHashPrefix) && have[k] != v {
+	for _, k := range wr.keys {
+		v := workload.Template(wr.obj).Annotations[k]
+		if have[k] != v {
 			w := workload.New(obj)
 			return fmt.Errorf("%w: %s: its pod template no longer carries %s=%s (now %q): another writer changed it during the rollout; see its managedFields (kubectl get %s %s -n %s --show-managed-fields)",
 				ErrFailed, w, k, v, have[k], lower(w.Kind()), w.Name(), w.Namespace())

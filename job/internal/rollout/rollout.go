@@ -165,7 +165,11 @@ func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", w, err)
 	}
-	r.note(obj)
+	if ch.Hash != "" {
+		r.note(obj, plan.HashAnnotation(ch.ID))
+	} else {
+		r.note(obj)
+	}
 	gen := workload.New(obj).Meta().GetGeneration()
 	waitErr := r.rollOut(ctx, w, gen, progress)
 	if waitErr == nil {
@@ -337,7 +341,7 @@ func (r *Roller) wait(ctx context.Context, w workload.Workload, gen int64, progr
 			if err := carries(obj, written); err != nil {
 				return err
 			}
-			msg, done, err := StatusSince(obj, written)
+			msg, done, err := StatusSince(obj, written.obj)
 			if err != nil {
 				return err
 			}

@@ -125,3 +125,23 @@ func TestStatusDaemonSetOnDelete(t *testing.T) {
 		t.Errorf("Status(ondelete, all updated) = done %v, %v; want done", done, err)
 	}
 }
+
+// The wait judges the template by the injection hash our write put there,
+// and only that one: another injection's hash may change meanwhile.
+func TestCarries(t *testing.T) {
+	tmpl := func(a, b string) *appsv1.Deployment {
+		d := deploy(2, 2, 1, appsv1.DeploymentStatus{})
+		d.Spec.Template.Annotations = map[string]string{"k8secrets.io/hash-a": a, "k8secrets.io/hash-b": b}
+		return d
+	}
+	wr := written{obj: tmpl("1", "x"), keys: []string{"k8secrets.io/hash-a"}}
+	if err := carries(tmpl("1", "y"), wr); err != nil {
+		t.Errorf("carries(other injection changed) = %v; want nil", err)
+	}
+	if err := carries(tmpl("", "x"), wr); !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "no longer carries k8secrets.io/hash-a=1") {
+		t.Errorf("carries(ours reverted) = %v; want ErrFailed naming the annotation", err)
+	}
+	if err := carries(tmpl("", "x"), written{obj: tmpl("1", "x")}); err != nil {
+		t.Errorf("carries(no key recorded) = %v; want nil", err)
+	}
+}
