@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -576,5 +577,83 @@ func TestAPIShippedRoleEvicts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A pod-level admission policy (as a pod webhook or Kyverno/Gatekeeper rule
+// would be) refuses pods with init containers: the workload's own dry-run
+// passes, only the pod dry-run sees it; exit 4 quoting the policy, nothing
+// moved.
+func TestAPIPodPolicyRefused(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	name := "no-init-pods-" + cl.ns
+	msg := "test policy: no init containers in pods"
+	admission := cl.c.AdmissionregistrationV1()
+	pol := &admissionregistrationv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+				}}}},
+			Validations: []admissionregistrationv1.Validation{{Expression: "!has(object.spec.initContainers)", Message: msg}},
+		}}
+	if _, err := admission.ValidatingAdmissionPolicies().Create(cl.ctx, pol, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admission.ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+			MatchResources: &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": cl.ns}}}}}
+	if _, err := admission.ValidatingAdmissionPolicyBindings().Create(cl.ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admission.ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	err := wait.PollUntilContextTimeout(cl.ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-"}, Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Name: "i", Image: "x"}}, Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		_, err := cl.c.CoreV1().Pods(cl.ns).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err != nil && strings.Contains(err.Error(), msg), nil
+	})
+	if err != nil {
+		t.Fatalf("the pod policy never took effect: %v", err)
+	}
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), msg) || !strings.Contains(errString(r.err), "a pod of Deployment") {
+		t.Fatalf("inject: exit %d (%v); want 4 quoting the pod policy", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although the pod policy refused:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// A LimitRange whose container maximum the agent's limits exceed: refused
+// by the pod dry-run (LimitRanger admits pods, not Deployments), exit 4.
+func TestAPILimitRangeRefused(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	lr := &corev1.LimitRange{ObjectMeta: metav1.ObjectMeta{Name: "small"}, Spec: corev1.LimitRangeSpec{Limits: []corev1.LimitRangeItem{{
+		Type: corev1.LimitTypeContainer, Max: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}}}}}
+	if _, err := cl.c.CoreV1().LimitRanges(cl.ns).Create(cl.ctx, lr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 4 || !strings.Contains(errString(r.err), "maximum memory usage per Container is 32Mi") {
+		t.Fatalf("inject: exit %d (%v); want 4 quoting the LimitRange", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed although the LimitRange refused:\nbefore %s\nafter  %s", before, after)
 	}
 }
