@@ -657,3 +657,45 @@ func TestAPILimitRangeRefused(t *testing.T) {
 		t.Errorf("objects changed although the LimitRange refused:\nbefore %s\nafter  %s", before, after)
 	}
 }
+
+// A pod webhook that is down (failurePolicy Fail, nothing listening) is not
+// a verdict on the change: exit 1 (retry), not 4, nothing moved.
+func TestAPIPodWebhookDownIsRetryable(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 1)
+	name := "down-" + cl.ns
+	url := "https://127.0.0.1:1/validate"
+	hook := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name:                    "down.k8secrets.test",
+			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules:                   []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create}, Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			FailurePolicy:           ptr.To(admissionregistrationv1.Fail),
+			SideEffects:             ptr.To(admissionregistrationv1.SideEffectClassNone),
+			AdmissionReviewVersions: []string{"v1"},
+			TimeoutSeconds:          ptr.To(int32(2)),
+			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": cl.ns}},
+		}}}
+	webhooks := cl.c.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	if _, err := webhooks.Create(cl.ctx, hook, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = webhooks.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	err := wait.PollUntilContextTimeout(cl.ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		_, err := cl.c.CoreV1().Pods(cl.ns).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err != nil && strings.Contains(err.Error(), "failed calling webhook"), nil
+	})
+	if err != nil {
+		t.Fatalf("the webhook never took effect: %v", err)
+	}
+	before := cl.versions()
+	r := cl.job(injectArgs("app=web", "db-creds")...)
+	if r.code != 1 || !strings.Contains(errString(r.err), "failed calling webhook") || !strings.Contains(errString(r.err), "retry") {
+		t.Fatalf("inject with the pod webhook down: exit %d (%v); want 1, retryable", r.code, r.err)
+	}
+	if after := cl.versions(); after != before {
+		t.Errorf("objects changed:\nbefore %s\nafter  %s", before, after)
+	}
+}
