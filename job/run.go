@@ -42,7 +42,7 @@ func exitCode(err error) int {
 		return 2
 	case errors.Is(err, secret.ErrUnusable):
 		return 3
-	case errors.Is(err, plan.ErrConflict), errors.Is(err, rollout.ErrRejected):
+	case errors.Is(err, plan.ErrConflict), errors.Is(err, rollout.ErrRejected), errors.Is(err, rollout.ErrRefused):
 		return 4
 	case errors.Is(err, rollout.ErrRollbackFailed):
 		return 6
@@ -135,7 +135,10 @@ func (j *job) change(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r := &rollout.Roller{Client: j.client, Cache: c, Timeout: cfg.Timeout, Log: j.log}
+	if changes, err = j.preflight(changes); err != nil {
+		return err
+	}
+	r := &rollout.Roller{Client: j.client, Cache: c, Timeout: cfg.Timeout, HealthyFor: cfg.HealthyFor, Log: j.log}
 	var each func(int, runtime.Object)
 	if cfg.DryRun {
 		// Render each diff as its answer arrives rather than keeping a

@@ -135,7 +135,8 @@ func rollOutDeployments(ctx context.Context, c *fake.Clientset, stuck bool) {
 }
 
 func inject(extra ...string) []string {
-	return append([]string{"inject", "-l", "app=web", "--secret", "db-creds", "--agent-image", "agent:test"}, extra...)
+	// The fake has no pods to hold for --healthy-for: no hold.
+	return append([]string{"inject", "-l", "app=web", "--secret", "db-creds", "--agent-image", "agent:test", "--healthy-for", "0s"}, extra...)
 }
 
 func writes(c *fake.Clientset) []k8stesting.Action {
@@ -186,6 +187,9 @@ func TestExitCodes(t *testing.T) {
 				if pa, ok := a.(k8stesting.PatchAction); ok && a.GetVerb() == "patch" && isDryRun(pa) {
 					continue
 				}
+				if ca, ok := a.(k8stesting.CreateActionImpl); ok && isDryRunCreate(ca) {
+					continue
+				}
 				if a.GetResource().Resource == "deployments" && a.GetSubresource() == "status" {
 					continue // the stand-in controller
 				}
@@ -204,6 +208,10 @@ func isDryRun(pa k8stesting.PatchAction) bool {
 		return len(o.GetPatchOptions().DryRun) == 1 && o.GetPatchOptions().DryRun[0] == metav1.DryRunAll
 	}
 	return false
+}
+
+func isDryRunCreate(ca k8stesting.CreateActionImpl) bool {
+	return len(ca.CreateOptions.DryRun) == 1 && ca.CreateOptions.DryRun[0] == metav1.DryRunAll
 }
 
 func TestInjectDryRunsEveryChangeBeforeApplying(t *testing.T) {
@@ -301,6 +309,13 @@ func newFake(objs ...runtime.Object) *fake.Clientset {
 	client := fake.NewClientset(objs...)
 	client.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{GitVersion: "v1.37.2"}
 	gvr := appsv1.SchemeGroupVersion.WithResource("deployments")
+	// The fake ignores dryRun: answer the pod dry-run without storing it.
+	client.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if ca := a.(k8stesting.CreateActionImpl); isDryRunCreate(ca) {
+			return true, ca.GetObject(), nil
+		}
+		return false, nil, nil
+	})
 	client.PrependReactor("patch", "deployments", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		pa := a.(k8stesting.PatchActionImpl)
 		cur, err := client.Tracker().Get(gvr, pa.GetNamespace(), pa.GetName())

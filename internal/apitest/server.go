@@ -175,7 +175,7 @@ func startOnce(bin string, o options) (_ *Env, err error) {
 	if o.controllerManager {
 		kcm, err := startProc(dir, bin, "kube-controller-manager",
 			"--kubeconfig="+kubeconfig,
-			"--controllers=deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller",
+			"--controllers=deployment-controller,replicaset-controller,statefulset-controller,daemonset-controller,garbage-collector-controller,resourcequota-controller,disruption-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller",
 			"--service-account-private-key-file="+files.saKey,
 			"--root-ca-file="+files.caCert,
 			"--leader-elect=false",

@@ -60,6 +60,9 @@ type Config struct {
 	Timeout time.Duration
 	// MaxParallel is how many workloads roll out at once (1: one at a time).
 	MaxParallel int
+	// HealthyFor is how long a rolled-out workload's new pods must stay
+	// Ready, with no restart, before it counts as rolled out (0: no hold).
+	HealthyFor time.Duration
 	// Settle bounds refresh's wait for each restarting pod.
 	Settle    time.Duration
 	Output    string
@@ -139,6 +142,7 @@ Command-line flags win over the environment, which wins over the file.
 	}
 	change := func(fs *pflag.FlagSet) {
 		fs.Bool("dry-run", false, "plan and server-side dry-run only; print the plan as a diff and change nothing")
+		fs.Duration("healthy-for", 10*time.Second, "after a workload has rolled out, how long its new pods must stay Ready with no container restart before it counts as rolled out; a crash within it fails the rollout, which is rolled back (0: do not wait)")
 		fs.Int("max-parallel", 1, "how many workloads to roll out at once; each is still waited for and rolled back on its own, and the first failure stops new ones from starting")
 	}
 
@@ -268,6 +272,7 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		DryRun:      v.GetBool("dry-run"),
 		Timeout:     v.GetDuration("timeout"),
 		MaxParallel: v.GetInt("max-parallel"),
+		HealthyFor:  v.GetDuration("healthy-for"),
 		Settle:      v.GetDuration("settle"),
 		Output:      v.GetString("output"),
 		LogFormat:   v.GetString("log-format"),
@@ -347,6 +352,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		bad("--timeout %s: must be positive", c.Timeout)
+	}
+	if needsTarget && c.HealthyFor < 0 {
+		bad("--healthy-for %s: must be 0 or more", c.HealthyFor)
 	}
 	if needsTarget && c.MaxParallel < 1 {
 		bad("--max-parallel %d: must be 1 or more", c.MaxParallel)

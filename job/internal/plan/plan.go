@@ -318,9 +318,17 @@ func agentContainer(tmpl *corev1.PodTemplateSpec, id string, o Options, apps []s
 		}
 	}
 	port := agentPort(tmpl, AgentName(id))
-	probe := corev1ac.Probe().
-		WithHTTPGet(corev1ac.HTTPGetAction().WithPath("/healthz").WithPort(intstr.FromInt32(port))).
-		WithPeriodSeconds(10).WithFailureThreshold(3)
+	get := func(path string) *corev1ac.HTTPGetActionApplyConfiguration {
+		return corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromInt32(port))
+	}
+	probe := corev1ac.Probe().WithHTTPGet(get("/healthz")).WithPeriodSeconds(10).WithFailureThreshold(3)
+	// A native sidecar's startup gates the app containers: the kubelet
+	// starts them only once this probe passes, so an agent that cannot
+	// start (bad flags, unreadable mount) holds the new pods back and fails
+	// the rollout, which is rolled back, instead of passing it. 30 s to
+	// start; it is ready once it has read every watched directory.
+	startup := corev1ac.Probe().WithHTTPGet(get("/healthz")).WithPeriodSeconds(1).WithFailureThreshold(30)
+	ready := corev1ac.Probe().WithHTTPGet(get("/readyz")).WithPeriodSeconds(5).WithFailureThreshold(3)
 	c := corev1ac.Container().
 		WithName(AgentName(id)).
 		WithImage(o.AgentImage).
@@ -332,6 +340,8 @@ func agentContainer(tmpl *corev1.PodTemplateSpec, id string, o Options, apps []s
 			"--log-format=json",
 		).
 		WithVolumeMounts(mount).
+		WithStartupProbe(startup).
+		WithReadinessProbe(ready).
 		WithLivenessProbe(probe).
 		WithResources(corev1ac.ResourceRequirements().
 			WithRequests(corev1.ResourceList{

@@ -418,6 +418,9 @@ func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, ma
 		return &othersError{writers: others, err: fmt.Errorf("%w: %s: rollout failed (%v); restoring this run's previous fields (server-side apply under %s, no force) was %s: %v; the workload still carries this run's change%s; %s",
 			ErrRollbackFailed, w, cause, manager, what, err, kept, advice)}
 	}
+	// Conditions older than this write (a ProgressDeadlineExceeded left by
+	// the failed rollout) say nothing about the rollback.
+	r.note(restored)
 	if err := r.settle(ctx, w, workload.New(restored).Meta().GetGeneration(), progress, badRevision(bad)); err != nil {
 		return &othersError{writers: others, err: fmt.Errorf("%w: %s: rollout failed (%v); this run's previous fields are restored%s, but the workload is not healthy again: %v; check its pods (do not run kubectl rollout undo: its previous revision is the failed one)",
 			ErrRollbackFailed, w, cause, kept, err)}

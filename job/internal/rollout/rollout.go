@@ -43,7 +43,13 @@ type Roller struct {
 	Cache  *workload.Cache
 	// Timeout bounds each workload's rollout, and again its rollback.
 	Timeout time.Duration
-	Log     *slog.Logger
+	// HealthyFor is how long a rolled-out workload's new pods must then stay
+	// Ready with no restart before it counts as rolled out (0: not held).
+	HealthyFor time.Duration
+	Log        *slog.Logger
+
+	// written holds, per workload, the object our last write returned.
+	written sync.Map
 }
 
 // Apply sends a change's apply configuration under its field manager, as a
@@ -110,12 +116,16 @@ func (r *Roller) DryRun(ctx context.Context, changes []plan.Change, each func(i 
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			obj, err := r.Apply(ctx, ch, true)
-			var status apierrors.APIStatus
+			if err == nil {
+				// The workload's template as the server would store it, as
+				// a pod: Pod Security, quota, pod webhooks.
+				err = r.dryRunPod(ctx, ch.Workload, obj)
+			} else {
+				err = verdict(ch.Workload.String(), lower(ch.Workload.Kind())+"s", err)
+			}
 			switch {
-			case errors.As(err, &status):
-				errs[i] = fmt.Errorf("%w: %s: %v", ErrRejected, ch.Workload, err)
 			case err != nil:
-				errs[i] = fmt.Errorf("dry-run %s: %w", ch.Workload, err)
+				errs[i] = err
 			case ch.Check != nil && ch.Check(workload.Template(obj)) != nil:
 				errs[i] = fmt.Errorf("%w: %s: %v", ErrRejected, ch.Workload, ch.Check(workload.Template(obj)))
 			case each != nil:
@@ -162,8 +172,16 @@ func (r *Roller) Roll(ctx context.Context, ch plan.Change, progress func(string)
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", w, err)
 	}
+	if ch.Hash != "" {
+		r.note(obj, plan.HashAnnotation(ch.ID))
+	} else {
+		r.note(obj)
+	}
 	gen := workload.New(obj).Meta().GetGeneration()
 	waitErr := r.rollOut(ctx, w, gen, progress)
+	if waitErr == nil {
+		waitErr = r.steady(ctx, w, carriesChange(ch), progress)
+	}
 	if waitErr == nil {
 		return nil
 	}
@@ -220,6 +238,11 @@ func (r *Roller) rollOut(ctx context.Context, w workload.Workload, gen int64, pr
 				return err
 			}
 		}
+		if ds, ok := obj.(*appsv1.DaemonSet); ok && ds.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType {
+			if err := r.rollOnDeleteDaemonSet(ctx, w, gen, progress); err != nil {
+				return err
+			}
+		}
 	}
 	return r.wait(ctx, w, gen, progress)
 }
@@ -238,7 +261,11 @@ func (r *Roller) wait(ctx context.Context, w workload.Workload, gen int64, progr
 			return fmt.Errorf("read %s: %w", w, err)
 		}
 		if workload.New(obj).Meta().GetGeneration() >= gen {
-			msg, done, err := Status(obj)
+			written := r.writtenObj(w)
+			if err := carries(obj, written); err != nil {
+				return err
+			}
+			msg, done, err := StatusSince(obj, written.obj)
 			if err != nil {
 				return err
 			}

@@ -9,7 +9,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -48,6 +47,9 @@ func (r *Roller) rollOnDelete(ctx context.Context, w workload.Workload, gen int6
 		if next == nil {
 			return nil
 		}
+		if err := r.othersReady(ctx, w, pods, next, progress); err != nil {
+			return err
+		}
 		if progress != nil {
 			progress(fmt.Sprintf("OnDelete: deleting pod %s (revision %s) to update it to %s", next.Name, next.Labels[appsv1.ControllerRevisionHashLabelKey], rev))
 		}
@@ -78,13 +80,10 @@ func (r *Roller) deleteRevision(ctx context.Context, sts *appsv1.StatefulSet, re
 	return nil
 }
 
+// deletePod replaces a pod through the Eviction API, so that
+// PodDisruptionBudgets hold.
 func (r *Roller) deletePod(ctx context.Context, p *corev1.Pod) error {
-	uid := p.UID
-	err := r.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
-	}
-	return nil
+	return r.evict(ctx, p)
 }
 
 // ownedPods lists the StatefulSet's pods, highest ordinal first.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -12,9 +13,23 @@ import (
 // and healthy, and an error wrapping ErrFailed when it can no longer
 // complete by itself.
 func Status(obj runtime.Object) (msg string, done bool, err error) {
+	return StatusSince(obj, nil)
+}
+
+// StatusSince is Status judged from the write that returned written (nil:
+// any state counts): a failure condition of a Deployment already present,
+// unchanged, in written is stale (a ProgressDeadlineExceeded left over from
+// before a rollback to an existing ReplicaSet, which the controller keeps
+// until it sees progress) and does not fail the rollout. Conditions are
+// compared as recorded by the controller, never against a local clock.
+func StatusSince(obj, written runtime.Object) (msg string, done bool, err error) {
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		return deploymentStatus(o)
+		var base []appsv1.DeploymentCondition
+		if w, ok := written.(*appsv1.Deployment); ok {
+			base = w.Status.Conditions
+		}
+		return deploymentStatus(o, base)
 	case *appsv1.StatefulSet:
 		return statefulSetStatus(o)
 	case *appsv1.DaemonSet:
@@ -30,13 +45,21 @@ func replicas(p *int32) int32 {
 	return *p
 }
 
-func deploymentStatus(d *appsv1.Deployment) (string, bool, error) {
+func deploymentStatus(d *appsv1.Deployment, base []appsv1.DeploymentCondition) (string, bool, error) {
 	if d.Generation > d.Status.ObservedGeneration {
 		return "waiting for the deployment controller to observe the change", false, nil
 	}
 	for _, c := range d.Status.Conditions {
-		if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
+		if !fresh(c, base) {
+			continue
+		}
+		switch {
+		case c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded":
 			return "", false, fmt.Errorf("%w: deployment %s/%s exceeded its progress deadline: %s", ErrFailed, d.Namespace, d.Name, c.Message)
+		case c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue:
+			// Its ReplicaSet cannot create pods (quota, LimitRange, Pod
+			// Security, a webhook): waiting for --timeout would change nothing.
+			return "", false, fmt.Errorf("%w: deployment %s/%s cannot create pods (%s: %s): %s", ErrFailed, d.Namespace, d.Name, c.Type, c.Reason, c.Message)
 		}
 	}
 	want := replicas(d.Spec.Replicas)
@@ -50,6 +73,17 @@ func deploymentStatus(d *appsv1.Deployment) (string, bool, error) {
 		return fmt.Sprintf("%d of %d updated replicas available", s.AvailableReplicas, s.UpdatedReplicas), false, nil
 	}
 	return fmt.Sprintf("rolled out: %d of %d replicas updated and available", s.AvailableReplicas, want), true, nil
+}
+
+// fresh tells whether c is not, unchanged, one of the conditions in base.
+func fresh(c appsv1.DeploymentCondition, base []appsv1.DeploymentCondition) bool {
+	for _, b := range base {
+		if b.Type == c.Type && b.Status == c.Status && b.Reason == c.Reason && b.Message == c.Message &&
+			b.LastUpdateTime.Equal(&c.LastUpdateTime) && b.LastTransitionTime.Equal(&c.LastTransitionTime) {
+			return false
+		}
+	}
+	return true
 }
 
 func statefulSetStatus(s *appsv1.StatefulSet) (string, bool, error) {
@@ -86,9 +120,6 @@ func daemonSetStatus(d *appsv1.DaemonSet) (string, bool, error) {
 		return "waiting for the daemonset controller to observe the change", false, nil
 	}
 	s := d.Status
-	if d.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType {
-		return "observed (OnDelete: pods take the change when they are deleted)", true, nil
-	}
 	switch {
 	case s.UpdatedNumberScheduled < s.DesiredNumberScheduled:
 		return fmt.Sprintf("%d of %d pods updated", s.UpdatedNumberScheduled, s.DesiredNumberScheduled), false, nil
