@@ -400,6 +400,9 @@ func (j *job) refresh(ctx context.Context) error {
 		if r.Restarted {
 			e.Result = "refreshed, restarted"
 		}
+		if r.Gone {
+			e.Result = "gone"
+		}
 		j.report.Workloads = append(j.report.Workloads, e)
 	}
 	if err == nil && len(res) == 0 {
