@@ -93,9 +93,9 @@ func TestResolve(t *testing.T) {
 	wantSkipped := map[string]string{
 		"shop/bare": "bare pod", "shop/batch-x": "Job", "shop/orphan-x": "not managed by a Deployment",
 		"shop/gone-x": "gone", "shop/ext-x": "does not manage",
-		"shop/kruise-0": "a StatefulSet (apps.kruise.io/v1beta1), which k8secrets does not manage",
+		"shop/kruise-0":  "a StatefulSet (apps.kruise.io/v1beta1), which k8secrets does not manage",
 		"shop/kruise-ds": "a DaemonSet (apps.kruise.io/v1alpha1), which k8secrets does not manage",
-		"shop/other-rs": "a ReplicaSet (example.com/v1)", "shop/other-job": "a Job (example.com/v1)",
+		"shop/other-rs":  "a ReplicaSet (example.com/v1)", "shop/other-job": "a Job (example.com/v1)",
 		"shop/argo-1-a": "owned by a Rollout (argoproj.io/v1alpha1)", "shop/fake-1-a": "owned by a Deployment (example.com/v1)",
 	}
 	if len(skipped) != len(wantSkipped) {
