@@ -132,7 +132,10 @@ func (j *job) change(ctx context.Context) error {
 	}
 
 	c := workload.NewCache(j.client, cfg.Namespace)
-	cctx, stop := context.WithCancel(ctx)
+	// Not cancelled by an interrupt or a lost lease: a rollback already
+	// started goes on after those, and it follows the workload through
+	// these informers. They stop when change returns.
+	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { stop(); c.Shutdown() }()
 	if err := c.Start(cctx); err != nil {
 		return hint(err)
