@@ -524,3 +524,67 @@ func TestAPISecondSignalExitsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// A pod deleted by another actor (a scale-down, an eviction) while refresh
+// waits for it ends that wait at once: reported gone, the refresh carries
+// on to the next pod and spends no --settle on it.
+func TestAPIRefreshPodGone(t *testing.T) {
+	cl := newCluster(t, never)
+	cl.secret("db-creds")
+	cl.deployment("web", "web", 3)
+	if r := cl.job(injectArgs("app=web", "db-creds", "--reload", "restart")...); r.code != 0 {
+		t.Fatalf("inject: exit %d: %v", r.code, r.err)
+	}
+	cl.waitDeployment("web")
+	injected := map[string]bool{}
+	for _, p := range cl.pods("web") {
+		injected[p.Name] = true
+	}
+
+	// Stand-in agents: the first pod poked is deleted instead of restarting;
+	// the others restart their app.
+	var deleted atomic.Value
+	deleted.Store("")
+	go func() {
+		for cl.ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			l, err := cl.c.CoreV1().Pods(cl.ns).List(cl.ctx, metav1.ListOptions{LabelSelector: "app=web"})
+			if err != nil {
+				continue
+			}
+			for i := range l.Items {
+				p := &l.Items[i]
+				if _, poked := p.Annotations["k8secrets.io/refreshed-at"]; !poked || len(p.Status.ContainerStatuses) > 0 {
+					continue
+				}
+				if deleted.Load() == "" {
+					if err := cl.c.CoreV1().Pods(cl.ns).Delete(cl.ctx, p.Name, metav1.DeleteOptions{}); err == nil {
+						deleted.Store(p.Name)
+					}
+					continue
+				}
+				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", RestartCount: 1, Ready: true}}
+				_, _ = cl.c.CoreV1().Pods(cl.ns).UpdateStatus(cl.ctx, p, metav1.UpdateOptions{})
+			}
+		}
+	}()
+
+	settle := 90 * time.Second
+	start := time.Now()
+	r := cl.job("refresh", "--secret", "db-creds", "--settle", settle.String())
+	took := time.Since(start)
+	if r.code != 0 {
+		t.Fatalf("refresh: exit %d: %v\n%s", r.code, r.err, r.logs)
+	}
+	gone, _ := deleted.Load().(string)
+	if gone == "" || !injected[gone] {
+		t.Fatalf("no injected pod was deleted by the stand-in agent (%q)", gone)
+	}
+	if n := strings.Count(r.out, "refreshed, restarted"); n != 2 || !strings.Contains(r.out, gone) || !strings.Contains(r.out, "gone") {
+		t.Errorf("report: want %s gone and 2 pods refreshed and restarted:\n%s", gone, r.out)
+	}
+	if took >= settle {
+		t.Errorf("refresh took %s: it spent --settle (%s) on the deleted pod", took, settle)
+	}
+	t.Logf("refresh with one pod deleted mid-wait took %s (--settle %s)", took.Round(time.Millisecond), settle)
+}
