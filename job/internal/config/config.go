@@ -80,14 +80,16 @@ func DefaultMountPath(secret string) string {
 // ExitCodes is the table printed in --help and the README.
 const ExitCodes = `Exit codes:
   0  success, or nothing to do
-  1  any other error
+  1  any other error; also an interrupt (a second SIGINT/SIGTERM exits at once)
+     or a lost lease: nothing is rolled back blindly, rerun to converge
   2  bad input (selector, names, flags); nothing was read or changed
   3  the Secret is missing or cannot be mounted (wrong type, empty, forbidden)
   4  the plan was rejected: a conflict found while planning, or a server-side
      dry-run rejection (validation, admission, quota); nothing was changed
   5  a rollout failed and that workload was rolled back
   6  the rollback failed too: the message names the objects that need attention
-  7  another run holds the lock for this Secret`
+  7  another run holds the lock for this Secret, or still holds one of the
+     workloads after --timeout; nothing was changed on it`
 
 // Parse reads args (without the program name), the environment and the
 // optional config file. It prints help and usage to out. Bad input returns
