@@ -291,7 +291,10 @@ func (j *job) rollOne(ctx context.Context, r *rollout.Roller, ev *record.Events,
 	if ch.Skip == "" || j.cfg.Command == config.Inject && !settled(r, w) {
 		// One run per workload too: a run for another Secret may be rolling
 		// it out (or back) right now.
-		l, err := lock.Wait(ctx, j.client, w.Namespace(), lock.WorkloadName(string(w.Kind()), w.Name()), j.holder+" secret="+j.cfg.Secret, j.cfg.Timeout, j.log)
+		// Wait as long as a rollout may take, and at least long enough to
+		// take over the lease of a run that was killed.
+		wait := max(j.cfg.Timeout, lock.Duration+2*lock.RetryPeriod)
+		l, err := lock.Wait(ctx, j.client, w.Namespace(), lock.WorkloadName(string(w.Kind()), w.Name()), j.holder+" secret="+j.cfg.Secret, wait, j.log)
 		if err != nil {
 			e.Result, e.Detail = record.Failed, err.Error()
 			return hint(fmt.Errorf("%s: nothing changed on it: %w", w, err))

@@ -144,9 +144,10 @@ func TestKilledRunConverges(t *testing.T) {
 	ctx := testContext(t, 5*time.Minute)
 	ns := s.Namespace(t)
 	value := s.createSecret(ctx, t, ns, "db-creds")
-	// Two replicas, each 15s to become available: the rollout outlives the
-	// 20s Lease, so the rerun finds it unfinished.
-	s.deployment(ctx, t, ns, "web", "web", 2, minReady(15))
+	// Two replicas, each 30s to become available: the rollout outlives the
+	// rerun's 20s of watching the killed run's Lease, so the rerun finds
+	// it unfinished.
+	s.deployment(ctx, t, ns, "web", "web", 2, minReady(30))
 	rsBefore := s.replicaSetCount(ctx, t, ns)
 
 	s.killMidRollout(ctx, t, ns, value, s.injectArgs("app=web", "db-creds", "--timeout", "2m")...)
