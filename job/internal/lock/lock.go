@@ -93,7 +93,8 @@ func acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 			Client:     client.CoordinationV1(),
 			LockConfig: resourcelock.ResourceLockConfig{Identity: holder},
 		},
-		alive: make(chan string, 1),
+		alive:  make(chan string, 1),
+		denied: make(chan error, 1),
 	}
 	started := make(chan struct{})
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
@@ -130,12 +131,16 @@ func acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 		}
 	}()
 
-	var timeout <-chan time.Time
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		timeout = t.C
+	// A live holder is seen within about two retries and a dead one's
+	// lease taken over after Duration: past that, something else is wrong
+	// (the API server failing every request), and the last error says what.
+	bound := wait
+	if wait == 0 {
+		bound = Duration + 3*RetryPeriod
 	}
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	timeout := t.C
 	var alive <-chan string
 	if wait == 0 {
 		alive = w.alive
@@ -160,9 +165,14 @@ func acquire(ctx context.Context, client kubernetes.Interface, namespace, name, 
 	case other := <-alive:
 		return giveUp(fmt.Errorf("%w: lease %s/%s is held by %s, who renewed it just now; wait for that run to finish (or, if no such run exists, delete the lease)",
 			ErrHeld, namespace, name, other))
+	case err := <-w.denied:
+		return giveUp(fmt.Errorf("take lease %s/%s: %w", namespace, name, err))
 	case <-timeout:
+		if err := w.lastErr(); err != nil {
+			return giveUp(fmt.Errorf("take lease %s/%s: not taken within %s: %w", namespace, name, bound, err))
+		}
 		return giveUp(fmt.Errorf("%w: lease %s/%s is still held by %s after %s; rerun once that run has finished",
-			ErrHeld, namespace, name, orUnknown(le.GetLeader()), wait))
+			ErrHeld, namespace, name, orUnknown(le.GetLeader()), bound))
 	case <-ctx.Done():
 		return giveUp(fmt.Errorf("take lease %s/%s: %w", namespace, name, context.Cause(ctx)))
 	}
@@ -178,16 +188,54 @@ func orUnknown(s string) string {
 // watcher passes the elector's reads through and tells, on alive, when
 // another holder's record changed between two reads: that holder is alive.
 // Only a change counts, never the record's timestamps against our clock.
+// It also keeps the last error, and reports a refusal by RBAC on denied at
+// once: the elector itself would only log it and retry forever.
 type watcher struct {
 	resourcelock.Interface
-	alive chan string
-	first []byte
-	who   string
+	alive  chan string
+	denied chan error
+	first  []byte
+	who    string
+	mu     sync.Mutex
+	last   error
+}
+
+func (w *watcher) seen(err error) error {
+	if err == nil || apierrors.IsNotFound(err) {
+		return err
+	}
+	w.mu.Lock()
+	w.last = err
+	w.mu.Unlock()
+	if apierrors.IsForbidden(err) {
+		select {
+		case w.denied <- err:
+		default:
+		}
+	}
+	return err
+}
+
+func (w *watcher) lastErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
+func (w *watcher) Create(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	return w.seen(w.Interface.Create(ctx, r))
+}
+
+func (w *watcher) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	return w.seen(w.Interface.Update(ctx, r))
 }
 
 func (w *watcher) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
 	rec, raw, err := w.Interface.Get(ctx)
-	if err != nil || rec.HolderIdentity == "" || rec.HolderIdentity == w.Identity() {
+	if err != nil {
+		return rec, raw, w.seen(err)
+	}
+	if rec.HolderIdentity == "" || rec.HolderIdentity == w.Identity() {
 		return rec, raw, err
 	}
 	switch {
