@@ -137,7 +137,7 @@ func (j *job) change(ctx context.Context) error {
 	// these informers. They stop when change returns.
 	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { stop(); c.Shutdown() }()
-	if err := c.Start(cctx); err != nil {
+	if err := c.Start(cctx, ctx); err != nil {
 		return hint(err)
 	}
 	workloads, skipped, err := workload.Resolve(pods, c)

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
@@ -27,12 +28,15 @@ type Cache struct {
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
+	// denied receives the first refusal (403) of an informer's list or
+	// watch: the reflector would retry it forever.
+	denied chan error
 }
 
 // NewCache sets up the informers; Start fills them.
 func NewCache(client kubernetes.Interface, namespace string) *Cache {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
-	c := &Cache{factory: f, subs: map[string]map[chan struct{}]struct{}{}}
+	c := &Cache{factory: f, subs: map[string]map[chan struct{}]struct{}{}, denied: make(chan error, 1)}
 	apps := f.Apps().V1()
 
 	rsInf := apps.ReplicaSets().Informer()
@@ -46,6 +50,18 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 		}
 		return obj, nil
 	})
+	onError := func(r *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			select {
+			case c.denied <- err:
+			default:
+			}
+		}
+		cache.DefaultWatchErrorHandler(context.Background(), r, err)
+	}
+	for _, inf := range []cache.SharedIndexInformer{rsInf, apps.Deployments().Informer(), apps.StatefulSets().Informer(), apps.DaemonSets().Informer()} {
+		_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) { onError(r, err) })
+	}
 	c.rs = apps.ReplicaSets().Lister().ReplicaSets(namespace)
 	c.deploy = apps.Deployments().Lister().Deployments(namespace)
 	c.sts = apps.StatefulSets().Lister().StatefulSets(namespace)
@@ -69,12 +85,23 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 	return c
 }
 
-// Start runs the informers until ctx ends and waits for their first list.
-func (c *Cache) Start(ctx context.Context) error {
-	c.factory.Start(ctx.Done())
-	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+// Start runs the informers until run ends and waits, at most until wait
+// ends, for their first list. A list or watch refused by RBAC ends the wait
+// at once with that error.
+func (c *Cache) Start(run, wait context.Context) error {
+	c.factory.Start(run.Done())
+	wait, cancel := context.WithCancelCause(wait)
+	defer cancel(nil)
+	go func() {
+		select {
+		case err := <-c.denied:
+			cancel(err)
+		case <-wait.Done():
+		}
+	}()
+	for typ, ok := range c.factory.WaitForCacheSync(wait.Done()) {
 		if !ok {
-			return fmt.Errorf("list and watch %v: cache did not sync: %w", typ, context.Cause(ctx))
+			return fmt.Errorf("list and watch %v: cache did not sync: %w", typ, context.Cause(wait))
 		}
 	}
 	return nil

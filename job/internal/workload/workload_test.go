@@ -49,7 +49,7 @@ func TestResolve(t *testing.T) {
 	defer cancel()
 	client := fake.NewClientset(objects()...)
 	c := NewCache(client, "shop")
-	if err := c.Start(ctx); err != nil {
+	if err := c.Start(ctx, ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); c.Shutdown() }()
