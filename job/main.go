@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/k8secrets/k8secrets/internal/kube"
 	"github.com/k8secrets/k8secrets/internal/version"
 	"github.com/k8secrets/k8secrets/job/internal/config"
+	"github.com/k8secrets/k8secrets/job/internal/lock"
 )
 
 func main() {
@@ -21,8 +23,15 @@ func main() {
 }
 
 func mainE() int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// The first SIGINT or SIGTERM cancels ctx: no new write starts, a
+	// rollout being waited for is left to a rerun, and a rollback already
+	// started finishes (the Job's pod has terminationGracePeriodSeconds for
+	// it). A second one ends the process at once, saying what is left.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 
 	cfg, err := config.Parse(os.Args[1:], os.LookupEnv, os.Stdout)
 	if errors.Is(err, config.ErrHelp) {
@@ -38,6 +47,7 @@ func mainE() int {
 	}
 	log := newLogger(cfg.LogFormat)
 	kube.RouteKlog(log)
+	go onSignals(sigs, cancel, log)
 
 	// client-go's default 5 QPS would make the dry-run of a thousand
 	// workloads take 200 s; the API server's priority and fairness is what
@@ -60,6 +70,22 @@ func mainE() int {
 		log.Error(err.Error(), "exitCode", exitCode(err))
 	}
 	return exitCode(err)
+}
+
+// onSignals handles SIGINT and SIGTERM: the first stops the run gently, the
+// second exits at once with 1, naming what is left half-done.
+func onSignals(sigs <-chan os.Signal, cancel context.CancelCauseFunc, log *slog.Logger) {
+	s := <-sigs
+	log.Warn("interrupted: stopping; a rollback already started is finished first; signal again to exit at once", "signal", s.String())
+	cancel(fmt.Errorf("interrupted by %s", s))
+	s = <-sigs
+	left := inFlight()
+	if len(left) == 0 {
+		left = []string{"nothing in flight"}
+	}
+	log.Error("interrupted twice: exiting now; rerun the same command to converge once the lease has expired",
+		"signal", s.String(), "exitCode", 1, "halfDone", strings.Join(left, "; "), "leaseExpiresAfter", lock.Duration.String())
+	os.Exit(1)
 }
 
 func newLogger(format string) *slog.Logger {

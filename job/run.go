@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -61,7 +62,9 @@ type job struct {
 	cfg    config.Config
 	client kubernetes.Interface
 	log    *slog.Logger
-	// holder identifies this run in the Lease and in Events.
+	// holder identifies this run in the Lease and in Events: host, PID
+	// and a random part, so that two runs never share it (not even two in
+	// one test process).
 	holder string
 	report record.Report
 }
@@ -73,7 +76,7 @@ func run(ctx context.Context, cfg config.Config, client kubernetes.Interface, ns
 		cfg.Namespace = ns
 	}
 	host, _ := os.Hostname()
-	j := &job{cfg: cfg, client: client, log: log, holder: fmt.Sprintf("%s/%d", host, os.Getpid())}
+	j := &job{cfg: cfg, client: client, log: log, holder: fmt.Sprintf("%s/%d/%08x", host, os.Getpid(), rand.Uint32())}
 	j.report = record.Report{Command: cfg.Command, Namespace: cfg.Namespace, Secret: cfg.Secret, Selector: cfg.Selector, DryRun: cfg.DryRun}
 	var err error
 	switch cfg.Command {
@@ -106,6 +109,20 @@ func (j *job) change(ctx context.Context) error {
 			j.report.Warnings = append(j.report.Warnings, w)
 		}
 	}
+	if !cfg.DryRun {
+		// After the Secret's check (a read), before listing and planning,
+		// so that no plan predates the writes of the run that held the
+		// lease before us. A dry-run writes nothing and takes no lease: it
+		// may run beside a real run (its diff is as of its own reads).
+		l, err := lock.Acquire(ctx, j.client, cfg.Namespace, "k8secrets-"+plan.ID(cfg.Secret), j.holder, j.log)
+		if err != nil {
+			return hint(err)
+		}
+		defer j.release(ctx, l)
+		var stop context.CancelFunc
+		ctx, stop = l.Guard(ctx)
+		defer stop()
+	}
 	pods, err := workload.RunningPods(ctx, j.client, cfg.Namespace, cfg.Selector)
 	if err != nil {
 		return hint(err)
@@ -117,9 +134,12 @@ func (j *job) change(ctx context.Context) error {
 	}
 
 	c := workload.NewCache(j.client, cfg.Namespace)
-	cctx, stop := context.WithCancel(ctx)
+	// Not cancelled by an interrupt or a lost lease: a rollback already
+	// started goes on after those, and it follows the workload through
+	// these informers. They stop when change returns.
+	cctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { stop(); c.Shutdown() }()
-	if err := c.Start(cctx); err != nil {
+	if err := c.Start(cctx, ctx); err != nil {
 		return hint(err)
 	}
 	workloads, skipped, err := workload.Resolve(pods, c)
@@ -158,32 +178,17 @@ func (j *job) change(ctx context.Context) error {
 	if cfg.DryRun {
 		return nil
 	}
-
-	if cfg.Command == config.Inject || anyChange(changes) {
-		l, err := lock.Acquire(ctx, j.client, cfg.Namespace, "k8secrets-"+plan.ID(cfg.Secret), j.holder, j.log)
-		if err != nil {
-			return hint(err)
-		}
-		defer func() {
-			// Bounded: with the API server gone, an unanswered request would
-			// keep the process alive; the lease then expires by itself.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			if err := l.Release(rctx); err != nil {
-				j.log.Warn("release lock; it expires by itself", "error", err, "after", lock.Duration)
-			}
-		}()
-	}
 	return j.roll(ctx, r, changes)
 }
 
-func anyChange(changes []plan.Change) bool {
-	for _, ch := range changes {
-		if ch.Skip == "" {
-			return true
-		}
+// release lets a lease go, bounded: with the API server gone, an unanswered
+// request would keep the process alive; the lease then expires by itself.
+func (j *job) release(ctx context.Context, l *lock.Lock) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := l.Release(rctx); err != nil {
+		j.log.Warn("release lock; it expires by itself", "error", err, "after", lock.Duration)
 	}
-	return false
 }
 
 // plan plans every workload; conflicts are all reported at once.
@@ -292,6 +297,25 @@ func (j *job) rollOne(ctx context.Context, r *rollout.Roller, ev *record.Events,
 	progress := func(msg string) {
 		j.log.Info("rollout", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "state", msg)
 		e.Rollout = msg
+		track(w.String(), msg)
+	}
+	track(w.String(), "starting")
+	defer untrack(w.String())
+	if ch.Skip == "" || j.cfg.Command == config.Inject && !settled(r, w) {
+		// One run per workload too: a run for another Secret may be rolling
+		// it out (or back) right now.
+		// Wait as long as a rollout may take, and at least long enough to
+		// take over the lease of a run that was killed.
+		wait := max(j.cfg.Timeout, lock.Duration+2*lock.RetryPeriod)
+		l, err := lock.Wait(ctx, j.client, w.Namespace(), lock.WorkloadName(string(w.Kind()), w.Name()), j.holder+" secret="+j.cfg.Secret, wait, j.log)
+		if err != nil {
+			e.Result, e.Detail = record.Failed, err.Error()
+			return hint(fmt.Errorf("%s: nothing changed on it: %w", w, err))
+		}
+		defer j.release(ctx, l)
+		var stop context.CancelFunc
+		ctx, stop = l.Guard(ctx)
+		defer stop()
 	}
 	if ch.Skip != "" {
 		e.Result = record.Unchanged
@@ -327,7 +351,21 @@ func (j *job) rollOne(ctx context.Context, r *rollout.Roller, ev *record.Events,
 	return nil
 }
 
+// settled tells whether the workload's rollout, as cached, is finished: a
+// rerun then has nothing to converge and needs no workload lease.
+func settled(r *rollout.Roller, w workload.Workload) bool {
+	obj, err := r.Cache.Get(w.Kind(), w.Name())
+	if err != nil {
+		return false
+	}
+	_, done, err := rollout.Status(obj)
+	return done && err == nil
+}
+
 func (j *job) failed(ctx context.Context, ev *record.Events, e *record.Entry, w workload.Workload, err error) {
+	// Also after an interrupt: a finished rollback deserves its Events.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	e.Detail = err.Error()
 	switch {
 	case errors.Is(err, rollout.ErrRollbackFailed):
@@ -423,6 +461,9 @@ func (j *job) refresh(ctx context.Context) error {
 		e := record.Entry{Kind: "Pod", Namespace: j.cfg.Namespace, Name: r.Pod, Pods: 1, Result: "refreshed", Detail: r.Detail, Secret: j.cfg.Secret}
 		if r.Restarted {
 			e.Result = "refreshed, restarted"
+		}
+		if r.Gone {
+			e.Result = "gone"
 		}
 		j.report.Workloads = append(j.report.Workloads, e)
 	}

@@ -193,10 +193,16 @@ func TestExitCodes(t *testing.T) {
 				if a.GetResource().Resource == "deployments" && a.GetSubresource() == "status" {
 					continue // the stand-in controller
 				}
+				if a.GetResource().Resource == "leases" {
+					continue // the run's own lock, taken before planning; deleted below
+				}
 				realWrites++
 			}
 			if !tc.writes && realWrites > 0 {
 				t.Errorf("k8secrets-job %s changed the cluster: %v", strings.Join(tc.args, " "), writes(r.client))
+			}
+			if l, err := r.client.CoordinationV1().Leases("shop").List(context.Background(), metav1.ListOptions{}); err != nil || len(l.Items) > 0 {
+				t.Errorf("k8secrets-job %s left leases behind: %v (%v)", strings.Join(tc.args, " "), l, err)
 			}
 		})
 	}
@@ -269,12 +275,28 @@ func TestLeaseHeld(t *testing.T) {
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "k8secrets-db-creds", Namespace: "shop"},
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("other-run"), LeaseDurationSeconds: ptr.To(int32(20)),
 			RenewTime: ptr.To(metav1.NewMicroTime(time.Now()))}}
-	r := runJob(t, inject(), false, secretObj("db-creds", corev1.SecretTypeOpaque), d, rs, p, lease)
+	// The other run renews: its record changes while this run looks.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := runJobWith(t, inject(), false, func(c *fake.Clientset) {
+		go func() {
+			for ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond)
+				l, err := c.CoordinationV1().Leases("shop").Get(ctx, "k8secrets-db-creds", metav1.GetOptions{})
+				if err == nil {
+					l.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
+					_, _ = c.CoordinationV1().Leases("shop").Update(ctx, l, metav1.UpdateOptions{})
+				}
+			}
+		}()
+	}, secretObj("db-creds", corev1.SecretTypeOpaque), d, rs, p, lease)
+	cancel()
 	if r.code != 7 || !strings.Contains(errString(r.err), "held by other-run") {
 		t.Fatalf("exit %d (%v); want 7 naming the holder", r.code, r.err)
 	}
-	// A lease left by a killed run is taken over once expired.
-	lease.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now().Add(-time.Minute)))
+	// A lease left by a killed run (no renewals) is taken over once it has
+	// not changed for its duration, as this run counts it (1 s here).
+	lease.Spec.LeaseDurationSeconds = ptr.To(int32(1))
 	r = runJob(t, inject(), false, secretObj("db-creds", corev1.SecretTypeOpaque), d, rs, p, lease)
 	if r.code != 0 {
 		t.Fatalf("with an expired lease: exit %d (%v); want 0", r.code, r.err)

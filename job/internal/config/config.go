@@ -83,14 +83,16 @@ func DefaultMountPath(secret string) string {
 // ExitCodes is the table printed in --help and the README.
 const ExitCodes = `Exit codes:
   0  success, or nothing to do
-  1  any other error
+  1  any other error; also an interrupt (a second SIGINT/SIGTERM exits at once)
+     or a lost lease: nothing is rolled back blindly, rerun to converge
   2  bad input (selector, names, flags); nothing was read or changed
   3  the Secret is missing or cannot be mounted (wrong type, empty, forbidden)
   4  the plan was rejected: a conflict found while planning, or a server-side
      dry-run rejection (validation, admission, quota); nothing was changed
   5  a rollout failed and that workload was rolled back
   6  the rollback failed too: the message names the objects that need attention
-  7  another run holds the lock for this Secret
+  7  another run holds the lock for this Secret, or still holds one of the
+     workloads after --timeout; nothing was changed on it
   8  a rerun found a workload unhealthy for a reason the Job did not cause
      (another manager's change, or pods lost after a finished rollout); it
      was reported and left alone: nothing was changed`
@@ -112,6 +114,9 @@ out one at a time (or --max-parallel at once) and rolls back what fails.
 Flags may also be set as K8SECRETS_<FLAG> environment variables (dashes become
 underscores) or in a --config file (YAML, JSON or TOML, keys named as the flags).
 Command-line flags win over the environment, which wins over the file.
+Values from the environment and the file are parsed as the flags are: a
+boolean is true or false (not yes), a duration needs its unit (300s, 5m); a
+value that does not parse is exit 2, naming the variable or key.
 
 ` + ExitCodes,
 		SilenceUsage:  true,
@@ -165,7 +170,7 @@ Command-line flags win over the environment, which wins over the file.
 	mk(Inject, "Mount the Secret into the matching workloads and add the reload agent", func(fs *pflag.FlagSet) {
 		selection(fs, true)
 		change(fs)
-		fs.String("mount-path", "", "where to mount the Secret in the containers (default "+wellknown.DefaultMountDir+"/<secret>)")
+		fs.String("mount-path", "", "where to mount the Secret in the containers (default "+wellknown.DefaultMountDir+"/<secret>); not at, above or inside /, /proc, /sys, /dev or the service account's /var/run/secrets/kubernetes.io, nor overlapping a mount the containers have")
 		fs.StringSlice("container", nil, "container to mount the Secret into; repeatable (default: every app container)")
 		fs.Bool("agent", true, "add the k8secrets reload agent as a sidecar")
 		fs.Bool("no-agent", false, "do not add the reload agent (same as --agent=false)")
@@ -220,41 +225,11 @@ func normalize(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 }
 
 func load(command string, c *cobra.Command, env func(string) (string, bool)) (Config, error) {
-	v := viper.New()
 	fs := c.Flags()
+	problems := fillFromEnvAndFile(fs, env)
+	v := viper.New()
 	if err := v.BindPFlags(fs); err != nil {
 		return Config{}, fmt.Errorf("bind flags: %w", err)
-	}
-	// Environment variables: bound key by key from the injected lookup, so
-	// that tests need not touch the process environment.
-	var problems []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		name := "K8SECRETS_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if val, ok := env(name); ok && !f.Changed {
-			if f.Value.Type() == "stringSlice" {
-				v.Set(f.Name, strings.Split(val, ","))
-				return
-			}
-			v.Set(f.Name, val)
-		}
-	})
-	if file := v.GetString("config"); file != "" {
-		fv := viper.New()
-		fv.SetConfigFile(file)
-		if err := fv.ReadInConfig(); err != nil {
-			return Config{}, fmt.Errorf("%w: read config file %s: %v", ErrInvalid, file, err)
-		}
-		for _, k := range fv.AllKeys() {
-			key := string(normalize(nil, k))
-			f := fs.Lookup(key)
-			if f == nil {
-				problems = append(problems, fmt.Errorf("%w: config file %s: unknown key %q", ErrInvalid, file, k))
-				continue
-			}
-			if !f.Changed && !envSet(env, key) {
-				v.Set(key, fv.Get(k))
-			}
-		}
 	}
 
 	cfg := Config{
@@ -283,12 +258,8 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 	if err := errors.Join(append(problems, cfg.Validate())...); err != nil {
 		return Config{}, err
 	}
+	cfg.MountPath = path.Clean(cfg.MountPath) // trailing slashes: validated above
 	return cfg, nil
-}
-
-func envSet(env func(string) (string, bool), key string) bool {
-	_, ok := env("K8SECRETS_" + strings.ToUpper(strings.ReplaceAll(key, "-", "_")))
-	return ok
 }
 
 // Validate reports every problem at once, each wrapping ErrInvalid.
@@ -330,6 +301,11 @@ func (c Config) Validate() error {
 		}
 		if strings.Contains(c.MountPath, ":") {
 			bad("--mount-path %q: must not contain ':'", c.MountPath)
+		}
+		if path.IsAbs(c.MountPath) {
+			if r, ok := Reserved(c.MountPath); ok {
+				bad("--mount-path %q: %s; choose a path of its own, such as %s", c.MountPath, r, DefaultMountPath(c.Secret))
+			}
 		}
 		for _, n := range c.Containers {
 			for _, m := range validation.IsDNS1123Label(n) {

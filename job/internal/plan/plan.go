@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 
@@ -207,6 +208,22 @@ func hash(t *corev1ac.PodTemplateSpecApplyConfiguration) string {
 	return hex.EncodeToString(sum[:])[:16]
 }
 
+// overlap says how an existing mount at have relates to a new one at want,
+// trailing slashes and dots aside: the same path, a mount that would hide
+// the new one, or one the new mount would hide. Empty: apart.
+func overlap(have, want string) string {
+	have, want = path.Clean(have), path.Clean(want)
+	switch {
+	case have == want:
+		return "the same path as"
+	case strings.HasPrefix(want, strings.TrimSuffix(have, "/")+"/"):
+		return "which contains"
+	case strings.HasPrefix(have, strings.TrimSuffix(want, "/")+"/"):
+		return "which sits inside"
+	}
+	return ""
+}
+
 func reloadMode(spec string) string {
 	mode, _, _ := strings.Cut(spec, ":")
 	return mode
@@ -284,8 +301,11 @@ func checkConflicts(w workload.Workload, tmpl *corev1.PodTemplateSpec, vol strin
 			continue
 		}
 		for _, m := range c.VolumeMounts {
-			if m.MountPath == o.MountPath && m.Name != vol {
-				conflict("container %q already mounts volume %q at %s; choose another --mount-path", c.Name, m.Name, o.MountPath)
+			if m.Name == vol {
+				continue
+			}
+			if how := overlap(m.MountPath, o.MountPath); how != "" {
+				conflict("container %q already mounts volume %q at %s, %s %s; choose another --mount-path", c.Name, m.Name, m.MountPath, how, o.MountPath)
 			}
 		}
 	}

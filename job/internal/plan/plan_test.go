@@ -190,6 +190,10 @@ func TestConflicts(t *testing.T) {
 		{"volume name taken", deployment("web", withVolume(corev1.Volume{Name: "k8secrets-db-creds", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})), opts(), `volume "k8secrets-db-creds" already exists`},
 		{"volume name taken by another secret", deployment("web", withVolume(secretVolume("k8secrets-db-creds", "other"))), opts(), "already exists"},
 		{"mount path used", deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/var/run/secrets/k8secrets/db-creds"})), opts(), "already mounts volume \"certs\""},
+		{"mount path used, trailing slash", deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/var/run/secrets/k8secrets/db-creds/"})), opts(), "the same path as /var/run/secrets/k8secrets/db-creds"},
+		{"mount above the path", deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/var/run/secrets"})), opts(), "at /var/run/secrets, which contains /var/run/secrets/k8secrets/db-creds"},
+		{"mount below the path", deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/var/run/secrets/k8secrets/db-creds/tls"})), opts(), "which sits inside"},
+		{"mount above a trailing-slash path", deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/etc/"})), opts(func(o *Options) { o.MountPath = "/etc/db" }), "which contains /etc/db"},
 		{"subPath mount of the secret", deployment("web", withVolume(secretVolume("creds", "db-creds")), withMount("app", corev1.VolumeMount{Name: "creds", MountPath: "/etc/pw", SubPath: "password"})), opts(), "subPath"},
 		{"projected subPath mount", deployment("web", withVolume(corev1.Volume{Name: "all", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "db-creds"}}}}}}}), withMount("app", corev1.VolumeMount{Name: "all", MountPath: "/etc/pw", SubPath: "password"})), opts(), "subPath"},
 		{"unknown container", deployment("web"), opts(func(o *Options) { o.Containers = []string{"nginx"} }), `has no container nginx; its containers are app`},
@@ -200,6 +204,11 @@ func TestConflicts(t *testing.T) {
 				t.Fatalf("Inject(%s) = %v; want ErrConflict naming Deployment shop/web and %q", tc.name, err, tc.want)
 			}
 		})
+	}
+	// A sibling path that merely shares a prefix is no conflict.
+	w0 := deployment("web", withVolume(secretVolume("certs", "tls")), withMount("app", corev1.VolumeMount{Name: "certs", MountPath: "/var/run/secrets/k8secrets/db-credsx"}))
+	if _, err := Inject(w0, opts()); err != nil {
+		t.Errorf("Inject(mount at a sibling path) = %v; want no conflict", err)
 	}
 	// The same Secret already mounted whole, elsewhere, is no conflict.
 	w := deployment("web", withVolume(secretVolume("creds", "db-creds")), withMount("app", corev1.VolumeMount{Name: "creds", MountPath: "/etc/creds"}))

@@ -17,8 +17,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/pager"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/rollout"
@@ -40,7 +45,9 @@ type Options struct {
 type Result struct {
 	Pod       string `json:"pod"`
 	Restarted bool   `json:"restarted,omitempty"`
-	Detail    string `json:"detail,omitempty"`
+	// Gone: the pod was deleted before or while it was refreshed.
+	Gone   bool   `json:"gone,omitempty"`
+	Detail string `json:"detail,omitempty"`
 }
 
 // Pods annotates every running pod in o.Namespace that mounts o.Secret. Pods
@@ -48,48 +55,77 @@ type Result struct {
 // agent restarts the app are poked one at a time, each restarted and Ready
 // before the next, so a refresh never takes all replicas down together.
 func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog.Logger) ([]Result, error) {
-	list, err := client.CoreV1().Pods(o.Namespace).List(ctx, metav1.ListOptions{
+	var now, oneByOne []*corev1.Pod
+	// Paged, as workload.RunningPods: a namespace of ten thousand pods is
+	// not one response. Only the pods that mount the Secret are kept.
+	p := pager.New(func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
+		return client.CoreV1().Pods(o.Namespace).List(ctx, lo)
+	})
+	p.PageSize = pageSize
+	err := p.EachListItem(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String(),
+	}, func(obj runtime.Object) error {
+		pod := obj.(*corev1.Pod)
+		if pod.DeletionTimestamp != nil || !mounts(pod, o.Secret) {
+			return nil
+		}
+		pod = pod.DeepCopy() // not a pointer into the page
+		if restarts(pod, o.AgentName) {
+			oneByOne = append(oneByOne, pod)
+		} else {
+			now = append(now, pod)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list pods in %s: %w", o.Namespace, err)
 	}
-	var now, oneByOne []*corev1.Pod
-	for i := range list.Items {
-		p := &list.Items[i]
-		if p.DeletionTimestamp != nil || !mounts(p, o.Secret) {
-			continue
-		}
-		if restarts(p, o.AgentName) {
-			oneByOne = append(oneByOne, p)
-		} else {
-			now = append(now, p)
-		}
-	}
 	var out []Result
 	for _, p := range now {
-		if err := poke(ctx, client, p); err != nil {
-			return out, err
-		}
-		out = append(out, Result{Pod: p.Name})
-	}
-	for _, p := range oneByOne {
-		before := restartCount(p)
-		if err := poke(ctx, client, p); err != nil {
-			return out, err
-		}
-		restarted, err := waitRestarted(ctx, client, p, before, o.Settle)
+		gone, err := poke(ctx, client, p)
 		if err != nil {
 			return out, err
 		}
-		r := Result{Pod: p.Name, Restarted: restarted}
-		if !restarted {
-			r.Detail = fmt.Sprintf("not restarted within %s: its Secret content had not changed, or the agent is still waiting", o.Settle)
+		out = append(out, result(p, false, gone, ""))
+	}
+	for _, p := range oneByOne {
+		before := restartCount(p)
+		gone, err := poke(ctx, client, p)
+		if err != nil {
+			return out, err
 		}
-		log.Info("refreshed", "namespace", p.Namespace, "name", p.Name, "restarted", restarted)
+		if gone {
+			// Deleted since the list (a rollout, a scale-down, an
+			// eviction): its replacement starts with the current Secret.
+			out = append(out, result(p, false, true, ""))
+			continue
+		}
+		restarted, gone, err := waitRestarted(ctx, client, p, before, o.Settle)
+		if err != nil {
+			return out, err
+		}
+		r := result(p, restarted, gone, fmt.Sprintf("not restarted within %s: its Secret content had not changed, or the agent is still waiting", o.Settle))
+		log.Info("refreshed", "namespace", p.Namespace, "name", p.Name, "restarted", restarted, "gone", gone)
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// pageSize is how many pods one list request returns.
+var pageSize int64 = 500
+
+// Gone is the detail of a pod deleted before or while it was refreshed.
+const Gone = "gone: deleted before or while being refreshed; its replacement mounts the current Secret"
+
+func result(p *corev1.Pod, restarted, gone bool, notRestarted string) Result {
+	r := Result{Pod: p.Name, Restarted: restarted, Gone: gone}
+	switch {
+	case gone:
+		r.Detail = Gone
+	case !restarted && notRestarted != "":
+		r.Detail = notRestarted
+	}
+	return r
 }
 
 func mounts(p *corev1.Pod, secret string) bool {
@@ -123,18 +159,20 @@ func restarts(p *corev1.Pod, agent string) bool {
 	return false
 }
 
-func poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) error {
+// poke annotates the pod; gone reports that it no longer exists (404), which
+// is no error: there is nothing left to refresh.
+func poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 		wellknown.RefreshAnnotation: time.Now().UTC().Format(time.RFC3339Nano),
 	}}})
-	_, err := client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: wellknown.FieldManager})
+	_, err = client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: wellknown.FieldManager})
 	if apierrors.IsNotFound(err) {
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("annotate pod %s/%s: %w", p.Namespace, p.Name, err)
+		return false, fmt.Errorf("annotate pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
-	return nil
+	return false, nil
 }
 
 // restartCount sums the restarts of the pod's app containers.
@@ -149,21 +187,55 @@ func restartCount(p *corev1.Pod) int32 {
 }
 
 // waitRestarted waits, at most settle, for the pod's app to have restarted
-// since before and the pod to be Ready again.
-func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (bool, error) {
+// since before and the pod to be Ready again. A pod that is deleted (or is
+// being deleted, or is already gone when the wait starts) ends the wait at
+// once with gone: settle is not spent on it.
+func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (restarted, gone bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, settle)
 	defer cancel()
-	err := rollout.WaitPod(ctx, client, p.Namespace, p.Name, func(cur *corev1.Pod) (bool, error) {
-		if cur == nil {
-			return false, fmt.Errorf("pod %s/%s was deleted", p.Namespace, p.Name)
+	sel := fields.OneTermEqualSelector("metadata.name", p.Name).String()
+	pods := client.CoreV1().Pods(p.Namespace)
+	lw := &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return pods.List(ctx, o)
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return pods.Watch(ctx, o)
+		},
+	}
+	// The same pod, not a namesake that replaced it (a StatefulSet's).
+	same := func(cur *corev1.Pod) bool { return cur.Name == p.Name && cur.UID == p.UID }
+	_, err = watchtools.UntilWithSync(ctx, cache.ToListWatcherWithWatchListSemantics(lw, client), &corev1.Pod{}, func(store cache.Store) (bool, error) {
+		obj, exists, err := store.GetByKey(p.Namespace + "/" + p.Name)
+		if err != nil {
+			return false, err
 		}
-		return restartCount(cur) > before && rollout.PodReady(cur), nil
+		if !exists || !same(obj.(*corev1.Pod)) || obj.(*corev1.Pod).DeletionTimestamp != nil {
+			gone = true
+			return true, nil
+		}
+		cur := obj.(*corev1.Pod)
+		restarted = restartCount(cur) > before && rollout.PodReady(cur)
+		return restarted, nil
+	}, func(ev watch.Event) (bool, error) {
+		cur, ok := ev.Object.(*corev1.Pod)
+		if !ok || cur.Name != p.Name {
+			return false, nil
+		}
+		if ev.Type == watch.Deleted || !same(cur) || cur.DeletionTimestamp != nil {
+			gone = true
+			return true, nil
+		}
+		restarted = restartCount(cur) > before && rollout.PodReady(cur)
+		return restarted, nil
 	})
 	switch {
 	case err == nil:
-		return true, nil
-	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-		return false, nil // settled without a restart
+		return restarted, gone, nil
+	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return false, false, nil // settled without a restart
 	}
-	return false, fmt.Errorf("wait for pod %s/%s to restart: %w", p.Namespace, p.Name, err)
+	return false, false, fmt.Errorf("wait for pod %s/%s to restart: %w", p.Namespace, p.Name, err)
 }

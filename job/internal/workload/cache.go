@@ -3,7 +3,6 @@ package workload
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -29,16 +28,15 @@ type Cache struct {
 
 	mu   sync.Mutex
 	subs map[string]map[chan struct{}]struct{}
-	// denied ends Start with the first list or watch the server refused
-	// (403, 401): a reflector retries those forever, and the Job would wait
-	// for a sync that never comes instead of naming the missing verb.
-	denied func(error)
+	// denied receives the first refusal (403) of an informer's list or
+	// watch: the reflector would retry it forever.
+	denied chan error
 }
 
 // NewCache sets up the informers; Start fills them.
 func NewCache(client kubernetes.Interface, namespace string) *Cache {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace))
-	c := &Cache{factory: f, subs: map[string]map[chan struct{}]struct{}{}}
+	c := &Cache{factory: f, subs: map[string]map[chan struct{}]struct{}{}, denied: make(chan error, 1)}
 	apps := f.Apps().V1()
 
 	rsInf := apps.ReplicaSets().Informer()
@@ -52,7 +50,18 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 		}
 		return obj, nil
 	})
-	c.onDenied(ReplicaSetKind, rsInf)
+	onError := func(r *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			select {
+			case c.denied <- err:
+			default:
+			}
+		}
+		cache.DefaultWatchErrorHandler(context.Background(), r, err)
+	}
+	for _, inf := range []cache.SharedIndexInformer{rsInf, apps.Deployments().Informer(), apps.StatefulSets().Informer(), apps.DaemonSets().Informer()} {
+		_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) { onError(r, err) })
+	}
 	c.rs = apps.ReplicaSets().Lister().ReplicaSets(namespace)
 	c.deploy = apps.Deployments().Lister().Deployments(namespace)
 	c.sts = apps.StatefulSets().Lister().StatefulSets(namespace)
@@ -62,7 +71,6 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 		StatefulSet: apps.StatefulSets().Informer(),
 		DaemonSet:   apps.DaemonSets().Informer(),
 	} {
-		c.onDenied(string(kind), inf)
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { c.notify(kind, obj) },
 			UpdateFunc: func(_, obj any) { c.notify(kind, obj) },
@@ -77,40 +85,23 @@ func NewCache(client kubernetes.Interface, namespace string) *Cache {
 	return c
 }
 
-// ReplicaSetKind names the ReplicaSet informer in errors.
-const ReplicaSetKind = "ReplicaSet"
-
-// onDenied makes a refused list or watch of inf end Start with the refusal.
-func (c *Cache) onDenied(kind string, inf cache.SharedIndexInformer) {
-	_ = inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
-		if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
-			c.mu.Lock()
-			denied := c.denied
-			c.mu.Unlock()
-			if denied != nil {
-				denied(fmt.Errorf("list and watch %ss: %w", strings.ToLower(kind), err))
-			}
-		}
-		cache.DefaultWatchErrorHandler(ctx, r, err)
-	})
-}
-
-// Start runs the informers until ctx ends and waits for their first list.
-// A list or watch the server refuses ends it at once with that error (it
-// wraps the API's Forbidden, which names the verb and resource).
-func (c *Cache) Start(ctx context.Context) error {
-	sctx, cancel := context.WithCancelCause(ctx)
+// Start runs the informers until run ends and waits, at most until wait
+// ends, for their first list. A list or watch refused by RBAC ends the wait
+// at once with that error.
+func (c *Cache) Start(run, wait context.Context) error {
+	c.factory.Start(run.Done())
+	wait, cancel := context.WithCancelCause(wait)
 	defer cancel(nil)
-	c.mu.Lock()
-	c.denied = cancel
-	c.mu.Unlock()
-	c.factory.Start(ctx.Done())
-	for typ, ok := range c.factory.WaitForCacheSync(sctx.Done()) {
+	go func() {
+		select {
+		case err := <-c.denied:
+			cancel(err)
+		case <-wait.Done():
+		}
+	}()
+	for typ, ok := range c.factory.WaitForCacheSync(wait.Done()) {
 		if !ok {
-			if cause := context.Cause(sctx); ctx.Err() == nil && cause != nil {
-				return cause
-			}
-			return fmt.Errorf("list and watch %v: cache did not sync: %w", typ, context.Cause(ctx))
+			return fmt.Errorf("list and watch %v: cache did not sync: %w", typ, context.Cause(wait))
 		}
 	}
 	return nil

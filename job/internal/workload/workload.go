@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/pager"
 )
@@ -154,9 +155,12 @@ func Resolve(pods []corev1.Pod, g Getter) ([]Workload, []Skipped, error) {
 			continue
 		}
 		owner := ref.Kind + " " + p.Namespace + "/" + ref.Name
+		// Owners are told apart by group and kind: an apps.kruise.io
+		// StatefulSet is not an apps one, and its controller would undo
+		// (or never roll) a change to a template it does not read.
 		var k key
-		switch ref.Kind {
-		case "ReplicaSet":
+		switch group(ref.APIVersion) + "/" + ref.Kind {
+		case "apps/ReplicaSet":
 			rs, err := g.ReplicaSet(ref.Name)
 			if apierrors.IsNotFound(err) {
 				skipped = append(skipped, Skipped{Pod: podRef, Owner: owner, Reason: "its ReplicaSet is gone (being deleted?)"})
@@ -166,14 +170,19 @@ func Resolve(pods []corev1.Pod, g Getter) ([]Workload, []Skipped, error) {
 				return nil, nil, fmt.Errorf("resolve owner of pod %s: %w", podRef, err)
 			}
 			dep := metav1.GetControllerOf(rs)
-			if dep == nil || dep.Kind != string(Deployment) {
+			if dep != nil && (dep.Kind != string(Deployment) || group(dep.APIVersion) != appsv1.GroupName) {
+				skipped = append(skipped, Skipped{Pod: podRef, Owner: dep.Kind + " " + p.Namespace + "/" + dep.Name,
+					Reason: fmt.Sprintf("its ReplicaSet is owned by a %s (%s), which k8secrets does not manage: that controller would undo or ignore a change to the template", dep.Kind, dep.APIVersion)})
+				continue
+			}
+			if dep == nil {
 				skipped = append(skipped, Skipped{Pod: podRef, Owner: owner, Reason: "a ReplicaSet not managed by a Deployment: its pods are not replaced when its template changes; use a Deployment"})
 				continue
 			}
 			k = key{Deployment, dep.Name}
-		case string(StatefulSet), string(DaemonSet):
+		case "apps/" + string(StatefulSet), "apps/" + string(DaemonSet):
 			k = key{Kind(ref.Kind), ref.Name}
-		case "Job":
+		case "batch/Job":
 			skipped = append(skipped, Skipped{Pod: podRef, Owner: owner, Reason: "a Job's pods run to completion and are never replaced; add the volume to the Job's (or CronJob's) template"})
 			continue
 		default:
@@ -205,6 +214,15 @@ func Resolve(pods []corev1.Pod, g Getter) ([]Workload, []Skipped, error) {
 		return out[i].Name() < out[j].Name()
 	})
 	return out, skipped, nil
+}
+
+// group is the API group of an owner reference's apiVersion ("" for core).
+func group(apiVersion string) string {
+	gv, err := schema.ParseGroupVersion(apiVersion)
+	if err != nil {
+		return "?"
+	}
+	return gv.Group
 }
 
 // ObservedGeneration is the generation the workload's controller has seen.

@@ -37,6 +37,8 @@ func objects() []runtime.Object {
 		&appsv1.ReplicaSet{ObjectMeta: meta("web-1", owned("Deployment", "web"))},
 		&appsv1.ReplicaSet{ObjectMeta: meta("web-2", owned("Deployment", "web"))},
 		&appsv1.ReplicaSet{ObjectMeta: meta("orphan")},
+		&appsv1.ReplicaSet{ObjectMeta: meta("argo-1", metav1.OwnerReference{APIVersion: "argoproj.io/v1alpha1", Kind: "Rollout", Name: "argo", Controller: ptr.To(true)})},
+		&appsv1.ReplicaSet{ObjectMeta: meta("fake-1", metav1.OwnerReference{APIVersion: "example.com/v1", Kind: "Deployment", Name: "web", Controller: ptr.To(true)})},
 		&appsv1.StatefulSet{ObjectMeta: meta("db")},
 		&appsv1.DaemonSet{ObjectMeta: meta("logs")},
 	}
@@ -47,7 +49,7 @@ func TestResolve(t *testing.T) {
 	defer cancel()
 	client := fake.NewClientset(objects()...)
 	c := NewCache(client, "shop")
-	if err := c.Start(ctx); err != nil {
+	if err := c.Start(ctx, ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { cancel(); c.Shutdown() }()
@@ -63,6 +65,13 @@ func TestResolve(t *testing.T) {
 		pod("orphan-x", ref("ReplicaSet", "orphan")),
 		pod("gone-x", ref("ReplicaSet", "gone")),
 		pod("ext-x", &metav1.OwnerReference{APIVersion: "example.com/v1", Kind: "Rollout", Name: "r", Controller: ptr.To(true)}),
+		// Same kind names, other groups: not the apps controllers.
+		pod("kruise-0", &metav1.OwnerReference{APIVersion: "apps.kruise.io/v1beta1", Kind: "StatefulSet", Name: "db", Controller: ptr.To(true)}),
+		pod("kruise-ds", &metav1.OwnerReference{APIVersion: "apps.kruise.io/v1alpha1", Kind: "DaemonSet", Name: "logs", Controller: ptr.To(true)}),
+		pod("other-rs", &metav1.OwnerReference{APIVersion: "example.com/v1", Kind: "ReplicaSet", Name: "web-1", Controller: ptr.To(true)}),
+		pod("other-job", &metav1.OwnerReference{APIVersion: "example.com/v1", Kind: "Job", Name: "batch", Controller: ptr.To(true)}),
+		pod("argo-1-a", ref("ReplicaSet", "argo-1")),
+		pod("fake-1-a", ref("ReplicaSet", "fake-1")),
 	}
 	ws, skipped, err := Resolve(pods, c)
 	if err != nil {
@@ -84,6 +93,10 @@ func TestResolve(t *testing.T) {
 	wantSkipped := map[string]string{
 		"shop/bare": "bare pod", "shop/batch-x": "Job", "shop/orphan-x": "not managed by a Deployment",
 		"shop/gone-x": "gone", "shop/ext-x": "does not manage",
+		"shop/kruise-0":  "a StatefulSet (apps.kruise.io/v1beta1), which k8secrets does not manage",
+		"shop/kruise-ds": "a DaemonSet (apps.kruise.io/v1alpha1), which k8secrets does not manage",
+		"shop/other-rs":  "a ReplicaSet (example.com/v1)", "shop/other-job": "a Job (example.com/v1)",
+		"shop/argo-1-a": "owned by a Rollout (argoproj.io/v1alpha1)", "shop/fake-1-a": "owned by a Deployment (example.com/v1)",
 	}
 	if len(skipped) != len(wantSkipped) {
 		t.Fatalf("skipped = %+v; want %d entries", skipped, len(wantSkipped))

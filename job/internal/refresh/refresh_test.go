@@ -1,0 +1,152 @@
+package refresh
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/k8secrets/k8secrets/internal/wellknown"
+)
+
+const agent = "k8secrets-agent-db-creds"
+
+func mountingPod(name, reload string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", UID: types.UID("uid-" + name)},
+		Spec: corev1.PodSpec{
+			Volumes:        []corev1.Volume{{Name: "k8secrets-db-creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "db-creds"}}}},
+			InitContainers: []corev1.Container{{Name: agent, Args: []string{"--reload=" + reload}}},
+			Containers:     []corev1.Container{{Name: "app"}},
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+}
+
+func opts(settle time.Duration) Options {
+	return Options{Namespace: "shop", Secret: "db-creds", AgentName: agent, Settle: settle}
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// The pod list is paged (Limit and Continue), and every page's pods are
+// refreshed.
+func TestPodsPagesTheList(t *testing.T) {
+	var objs []runtime.Object
+	for i := range 5 {
+		objs = append(objs, mountingPod("web-"+strconv.Itoa(i), "signal:SIGHUP"))
+	}
+	objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "shop"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}})
+	c := fake.NewClientset(objs...)
+	// The fake ignores Limit; serve pages of Limit items, as the API server does.
+	var limits []int64
+	var continues []string
+	c.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		lo := a.(k8stesting.ListActionImpl).ListOptions
+		limits, continues = append(limits, lo.Limit), append(continues, lo.Continue)
+		all, err := c.Tracker().List(corev1.SchemeGroupVersion.WithResource("pods"), corev1.SchemeGroupVersion.WithKind("Pod"), "shop")
+		if err != nil {
+			return true, nil, err
+		}
+		items := all.(*corev1.PodList).Items
+		start, _ := strconv.Atoi(lo.Continue)
+		end := min(start+int(lo.Limit), len(items))
+		page := &corev1.PodList{Items: items[start:end]}
+		if end < len(items) {
+			page.Continue = strconv.Itoa(end)
+		}
+		return true, page, nil
+	})
+	defer func(n int64) { pageSize = n }(pageSize)
+	pageSize = 2
+
+	res, err := Pods(context.Background(), c, opts(time.Minute), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 5 {
+		t.Errorf("Pods refreshed %d pods; want the 5 that mount the Secret, over every page: %+v", len(res), res)
+	}
+	if len(limits) != 3 || limits[0] != 2 || continues[1] != "2" || continues[2] != "4" {
+		t.Errorf("list requests: limits %v, continues %q; want 3 pages of 2 following Continue", limits, continues)
+	}
+	for i := range 5 {
+		p, _ := c.CoreV1().Pods("shop").Get(context.Background(), "web-"+strconv.Itoa(i), metav1.GetOptions{})
+		if _, ok := p.Annotations[wellknown.RefreshAnnotation]; !ok {
+			t.Errorf("pod %s not annotated", p.Name)
+		}
+	}
+}
+
+// A pod that vanished before its patch (404) is reported gone and the
+// refresh carries on; no settle time is spent on it. Settle is an hour here:
+// spending it would end the test's context instead, and the pod would not be
+// reported gone.
+func TestPodsGoneBeforePatch(t *testing.T) {
+	c := fake.NewClientset(mountingPod("web-0", "restart"), mountingPod("web-1", "signal:SIGHUP"))
+	c.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.(k8stesting.PatchAction).GetName() == "web-0" {
+			return true, nil, apierrors.NewNotFound(corev1.Resource("pods"), "web-0")
+		}
+		return false, nil, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Pods(ctx, c, opts(time.Hour), quiet)
+	if err != nil {
+		t.Fatalf("Pods = %v; want the vanished pod skipped", err)
+	}
+	got := map[string]Result{}
+	for _, r := range res {
+		got[r.Pod] = r
+	}
+	if !got["web-0"].Gone || got["web-0"].Detail != Gone || got["web-1"].Gone || len(res) != 2 {
+		t.Errorf("Pods = %+v; want web-0 gone and web-1 refreshed", res)
+	}
+}
+
+// A pod deleted while the refresh waits for its app to restart ends the
+// wait at once (gone), and the next pod is refreshed.
+func TestPodsGoneWhileWaiting(t *testing.T) {
+	c := fake.NewClientset(mountingPod("web-0", "restart"), mountingPod("web-1", "restart"))
+	gvr := corev1.SchemeGroupVersion.WithResource("pods")
+	c.PrependWatchReactor("pods", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := c.Tracker().Watch(gvr, "shop")
+		if err != nil {
+			return true, nil, err
+		}
+		// Once the wait watches: web-0 is deleted (a rollout, an
+		// eviction), web-1's app restarts and is Ready.
+		go func() {
+			if _, err := c.Tracker().Get(gvr, "shop", "web-0"); err == nil {
+				_ = c.Tracker().Delete(gvr, "shop", "web-0")
+				return
+			}
+			p := mountingPod("web-1", "restart")
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", RestartCount: 1, Ready: true}}
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+			_ = c.Tracker().Update(gvr, p, "shop")
+		}()
+		return true, w, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Pods(ctx, c, opts(time.Hour), quiet)
+	if err != nil {
+		t.Fatalf("Pods = %v; want the deleted pod reported gone", err)
+	}
+	if len(res) != 2 || !res[0].Gone || res[0].Pod != "web-0" || !res[1].Restarted || res[1].Pod != "web-1" {
+		t.Errorf("Pods = %+v; want web-0 gone, then web-1 restarted", res)
+	}
+}
