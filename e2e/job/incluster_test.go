@@ -345,6 +345,10 @@ func TestInClusterRoleIsMinimal(t *testing.T) {
 		{"create", "", "pods", "", ns, true}, // the pod dry-run
 		// Pods are evicted (pods/eviction), never deleted.
 		{"delete", "", "pods", "", ns, false},
+		// A rollback is a server-side apply: no update, and no get (the
+		// informers' copies serve every read).
+		{"update", "apps", "deployments", "web", ns, false},
+		{"get", "apps", "deployments", "web", ns, false},
 		// Other Secrets, in any way.
 		{"get", "", "secrets", "unrelated", ns, false},
 		{"list", "", "secrets", "", ns, false},

@@ -389,11 +389,11 @@ func (r *Roller) Converge(ctx context.Context, ch plan.Change, progress func(str
 // returns an error wrapping ErrRolledBack, or ErrRollbackFailed saying what
 // is left and what to do.
 func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, manager string, base []metav1.ManagedFieldsEntry, cause error, progress func(string)) error {
-	bad, err := r.get(ctx, w)
+	// The informer's copy: its watch has the other managers' writes of the
+	// wait (and the Role needs no get on workloads).
+	bad, err := r.Cache.Get(w.Kind(), w.Name())
 	if err != nil {
-		if bad, err = r.Cache.Get(w.Kind(), w.Name()); err != nil {
-			bad = nil
-		}
+		bad = nil
 	}
 	var others []Writer
 	if bad != nil {
@@ -427,19 +427,4 @@ func (r *Roller) rollback(ctx context.Context, w workload.Workload, prev any, ma
 	}
 	return &othersError{writers: others, err: fmt.Errorf("%w: %s: %v; this run's fields are back to what they were before it%s, and its pods are healthy",
 		ErrRolledBack, w, cause, kept)}
-}
-
-// get reads the workload from the API server (not the cache): its latest
-// managedFields.
-func (r *Roller) get(ctx context.Context, w workload.Workload) (runtime.Object, error) {
-	apps := r.Client.AppsV1()
-	switch w.Kind() {
-	case workload.Deployment:
-		return apps.Deployments(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
-	case workload.StatefulSet:
-		return apps.StatefulSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
-	case workload.DaemonSet:
-		return apps.DaemonSets(w.Namespace()).Get(ctx, w.Name(), metav1.GetOptions{})
-	}
-	return nil, fmt.Errorf("unsupported kind %q", w.Kind())
 }

@@ -293,7 +293,9 @@ func (r *Roller) wait(ctx context.Context, w workload.Workload, gen int64, progr
 
 // reachable asks the API server for the workload once: a watch that has
 // gone quiet may mean a stuck rollout, or a cut connection (which the
-// reflector retries silently). Only a transport error counts as cut off.
+// reflector retries silently). Only a transport error counts as cut off:
+// any answer of the API server, a 403 included, proves it reachable, so the
+// Job's Role needs no get on workloads for this.
 func (r *Roller) reachable(ctx context.Context, w workload.Workload) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
