@@ -93,7 +93,7 @@ func (r *Roller) rollOnDeleteDaemonSet(ctx context.Context, w workload.Workload,
 		if want == "" {
 			return fmt.Errorf("%s: no %s annotation: cannot tell its pods' template; roll its pods by deleting them (updateStrategy OnDelete)", w, templateGenerationAnnotation)
 		}
-		pods, err := r.daemonPods(ctx, ds)
+		pods, err := r.controlled(ctx, workload.New(ds))
 		if err != nil {
 			return err
 		}
@@ -158,23 +158,4 @@ func (r *Roller) daemonReplaced(ctx context.Context, w workload.Workload, old *c
 			return fmt.Errorf("%s: the replacement of pod %s is not available: %w", w, old.Name, context.Cause(ctx))
 		}
 	}
-}
-
-// daemonPods lists the DaemonSet's pods.
-func (r *Roller) daemonPods(ctx context.Context, ds *appsv1.DaemonSet) ([]corev1.Pod, error) {
-	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
-	if err != nil {
-		return nil, fmt.Errorf("selector of daemonset %s/%s: %w", ds.Namespace, ds.Name, err)
-	}
-	list, err := r.Client.CoreV1().Pods(ds.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
-	if err != nil {
-		return nil, fmt.Errorf("list pods of daemonset %s/%s: %w", ds.Namespace, ds.Name, err)
-	}
-	var pods []corev1.Pod
-	for _, p := range list.Items {
-		if ref := metav1.GetControllerOf(&p); ref != nil && ref.UID == ds.UID {
-			pods = append(pods, p)
-		}
-	}
-	return pods, nil
 }

@@ -88,21 +88,39 @@ func (r *Roller) deletePod(ctx context.Context, p *corev1.Pod) error {
 
 // ownedPods lists the StatefulSet's pods, highest ordinal first.
 func (r *Roller) ownedPods(ctx context.Context, sts *appsv1.StatefulSet) ([]corev1.Pod, error) {
-	sel, err := metav1.LabelSelectorAsSelector(sts.Spec.Selector)
+	pods, err := r.controlled(ctx, workload.New(sts))
 	if err != nil {
-		return nil, fmt.Errorf("selector of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+		return nil, err
 	}
-	list, err := r.Client.CoreV1().Pods(sts.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	sort.Slice(pods, func(i, j int) bool { return ordinal(pods[i].Name) > ordinal(pods[j].Name) })
+	return pods, nil
+}
+
+// controlled lists the pods whose controller is w, a StatefulSet or a
+// DaemonSet (a Deployment controls ReplicaSets, not pods).
+func (r *Roller) controlled(ctx context.Context, w workload.Workload) ([]corev1.Pod, error) {
+	var sel *metav1.LabelSelector
+	switch o := w.Object.(type) {
+	case *appsv1.StatefulSet:
+		sel = o.Spec.Selector
+	case *appsv1.DaemonSet:
+		sel = o.Spec.Selector
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil {
-		return nil, fmt.Errorf("list pods of statefulset %s/%s: %w", sts.Namespace, sts.Name, err)
+		return nil, fmt.Errorf("selector of %s: %w", w, err)
 	}
+	list, err := r.Client.CoreV1().Pods(w.Namespace()).List(ctx, metav1.ListOptions{LabelSelector: s.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list pods of %s: %w", w, err)
+	}
+	uid := w.Meta().GetUID()
 	var pods []corev1.Pod
 	for _, p := range list.Items {
-		if ref := metav1.GetControllerOf(&p); ref != nil && ref.UID == sts.UID {
+		if ref := metav1.GetControllerOf(&p); ref != nil && ref.UID == uid {
 			pods = append(pods, p)
 		}
 	}
-	sort.Slice(pods, func(i, j int) bool { return ordinal(pods[i].Name) > ordinal(pods[j].Name) })
 	return pods, nil
 }
 
