@@ -275,6 +275,13 @@ func TestInvalidTLSRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Counted when the reloader's gate turns a change down: the decision
+	// not to reload, which the checks below wait for instead of a clock.
+	const gated = "k8secrets_agent_reloads_refused_total"
+	decided, err := agentMetric(ctx, c, ns, pod, gated)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	otherCert, _ := tlsPair(t, now.Add(-time.Hour), now.Add(24*time.Hour))
 	expiredCert, expiredKey := tlsPair(t, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
@@ -292,8 +299,9 @@ func TestInvalidTLSRefused(t *testing.T) {
 			t.Fatalf("update to %s (version %s) not refused: %v", bad.name, bad.version, err)
 		}
 		refused = n
-		// A reload would follow the change within --min-interval (1s).
-		time.Sleep(3 * time.Second)
+		if decided, err = waitMetric(ctx, c, ns, pod, refreshed, func(v float64) bool { return v > decided }, gated); err != nil {
+			t.Fatalf("update to %s (version %s): the reloader never turned it down: %v", bad.name, bad.version, err)
+		}
 		s, err := getApp(ctx, c, ns, pod)
 		if err != nil {
 			t.Fatal(err)
