@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -186,8 +187,21 @@ func TestInClusterInject(t *testing.T) {
 	ns := s.Namespace(t)
 	value := s.createSecret(ctx, t, ns, "db-creds")
 	s.deployment(ctx, t, ns, "web", "web", 2)
+	// An OnDelete DaemonSet too: the Job rolls its pods itself, through
+	// evictions, under the shipped Role.
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agent"},
+		Spec: appsv1.DaemonSetSpec{Selector: selector("node-agent"), Template: podTemplate("node-agent"),
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}}}
+	if _, err := s.Client.AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nodes := int(s.waitDaemonSet(ctx, t, ns, "agent").Status.DesiredNumberScheduled)
+	before := map[string]bool{}
+	for _, p := range s.livePods(ctx, t, ns, "app=node-agent") {
+		before[string(p.UID)] = true
+	}
 
-	s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR=app=web", "K8SECRETS_SECRET=db-creds")
+	s.deployJob(ctx, t, ns, "K8SECRETS_SELECTOR=app in (web,node-agent)", "K8SECRETS_SECRET=db-creds")
 	cond, codes := s.jobOutcome(ctx, t, ns)
 	if cond.Type != batchv1.JobComplete || codes[len(codes)-1] != 0 {
 		t.Fatalf("job: condition %s (%s: %s), exit codes %v; want Complete after exit 0\n%s", cond.Type, cond.Reason, cond.Message, codes, s.jobLogs(ctx, ns))
@@ -200,6 +214,17 @@ func TestInClusterInject(t *testing.T) {
 		}
 	}
 	s.webInjected(ctx, t, ns, value)
+	pods := s.livePods(ctx, t, ns, "app=node-agent")
+	if len(pods) != nodes {
+		t.Fatalf("%d DaemonSet pods after the Job; want %d\n%s", len(pods), nodes, s.podStates(ns, "app=node-agent"))
+	}
+	for i := range pods {
+		p := &pods[i]
+		if before[string(p.UID)] || !podReady(p) || !mountsSecret(p, "db-creds") {
+			t.Errorf("DaemonSet pod %s: replaced %v, ready %v, mounts the secret %v; want all three", p.Name, !before[string(p.UID)], podReady(p), mountsSecret(p, "db-creds"))
+		}
+	}
+	s.checkSecretFile(ctx, t, pods, "db-creds", value)
 	if logs := s.jobLogs(ctx, ns); strings.Contains(logs, string(value)) {
 		t.Errorf("the Job's logs hold the Secret's value (withheld)")
 	}
