@@ -51,7 +51,7 @@ lint: ## go vet and gofmt.
 
 .PHONY: unit
 unit: test-assets ## Unit tests and real-API-server tests, with the race detector.
-	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) $(GO) test -race -count=1 ./...
+	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: test
 test: lint unit e2e ## Everything CI runs: lint, unit and API-server tests, then the e2e suite on kind.
