@@ -224,3 +224,20 @@ func TestPreflightOnDeleteStatefulSetPDB(t *testing.T) {
 	}
 	s.checkSecretFile(ctx, t, pods, "db-creds", value)
 }
+
+// A namespace that enforces Pod Security "restricted" after the app was
+// admitted (its pods run; new ones would be refused: the test app sets no
+// seccomp profile): the pod dry-run refuses the change before any write.
+func TestPreflightPodSecurityRefused(t *testing.T) {
+	s := setup(t)
+	t.Parallel()
+	ctx := testContext(t, 4*time.Minute)
+	ns := s.Namespace(t)
+	value := s.createSecret(ctx, t, ns, "db-creds")
+	s.deployment(ctx, t, ns, "web", "web", 1)
+	patch := []byte(`{"metadata":{"labels":{"pod-security.kubernetes.io/enforce":"restricted"}}}`)
+	if _, err := s.Client.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.refusedBeforeAnyWrite(ctx, t, ns, value, "web", "PodSecurity")
+}
