@@ -188,14 +188,7 @@ func TestHealthQuotaRefusedByPodDryRun(t *testing.T) {
 	value := s.createSecret(ctx, t, ns, "db-creds")
 	s.deployment(ctx, t, ns, "web", "web", 2)
 	s.notBestEffortQuota(ctx, t, ns)
-	before := s.stableVersions(ctx, t, ns)
-	r := s.job(ctx, t, "", ns, [][]byte{value}, s.injectArgs("app=web", "db-creds")...)
-	if r.code != 4 || !strings.Contains(r.stderr, "quota") {
-		t.Fatalf("inject under a quota that refuses the new pods: %s\nwant exit 4 quoting the quota", r)
-	}
-	if after := s.versions(ctx, t, ns); after != before {
-		t.Errorf("objects changed although the pod dry-run refused:\nbefore %s\nafter  %s", before, after)
-	}
+	s.refusedBeforeAnyWrite(ctx, t, ns, value, "web", "quota")
 }
 
 // The same quota, created the moment the Job logs "applying" (after its
