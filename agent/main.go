@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/k8secrets/k8secrets/agent/internal/config"
@@ -18,6 +19,15 @@ import (
 )
 
 func main() {
+	// One P unless GOMAXPROCS says otherwise. The agent's work is one short
+	// chain per change (inotify, read, reload request), each step readying
+	// the next goroutine: on one P the chain runs on one thread, where with
+	// more the runtime wakes idle threads to steal it. make bench-agent,
+	// alternating with the default, measured a p50 lower by about 0.1 ms
+	// and a little less RSS (figures in agent/README.md).
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		runtime.GOMAXPROCS(1)
+	}
 	os.Exit(mainCode(os.Args[1:]))
 }
 

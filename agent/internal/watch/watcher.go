@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,6 +417,12 @@ func (w *Watcher) scan(d *dirState, reason string) {
 		w.notify(d)
 	}
 	w.mu.Unlock()
+	if !first {
+		// The reloader's goroutine, readied by notify, waits in this
+		// goroutine's scheduler slot until this one blocks: yield, so
+		// that it runs now rather than after the log line's write.
+		runtime.Gosched()
+	}
 
 	w.opts.Metrics.WatchedFiles(d.path, len(snap.Files))
 	if len(snap.Outside) > 0 {
