@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/k8secrets/k8secrets/agent/internal/certs"
+	"github.com/k8secrets/k8secrets/agent/internal/kubelettest"
 )
 
 // TestCertificateAheadReloadedWhenValid: a certificate whose NotBefore is
@@ -68,18 +69,9 @@ func TestCertificateAheadReloadedWhenValid(t *testing.T) {
 // each holds in the state it is for (a reload failing, content refused).
 func TestAlertRules(t *testing.T) {
 	rules := alertRules(t)
-	root := t.TempDir()
-	tlsDir, credsDir := filepath.Join(root, "tls"), filepath.Join(root, "db-creds")
-	now := time.Now()
-	crt, key := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
-	_, otherKey := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
-	tlsVol := newVolume(t, tlsDir, map[string]string{"tls.crt": crt, "tls.key": key})
-	credsVol := newVolume(t, credsDir, secretPayload("one"))
-	srv := newAppServer(t, credsDir)
-	cfg := testConfig(tlsDir, credsDir)
-	cfg.Reload = []string{"http:" + srv.url}
-	cfg.MinInterval = 0
-	a := startAgent(t, cfg)
+	f := startTLSAndCreds(t)
+	a, srv, tlsVol, credsVol, crt, key, otherKey := f.agent, f.srv, f.tlsVol, f.credsVol, f.crt, f.key, f.otherKey
+	now := f.now
 
 	firing := func() map[string]bool {
 		samples := a.samples(t)
@@ -120,6 +112,34 @@ func TestAlertRules(t *testing.T) {
 	if a.metric(t, "k8secrets_agent_last_reload_success_timestamp_seconds") < float64(now.Unix()) {
 		t.Error("last_reload_success_timestamp_seconds not set after a success")
 	}
+}
+
+// tlsAndCreds is an agent watching a TLS pair and a credentials directory,
+// reloading an app server by HTTP with no --min-interval.
+type tlsAndCreds struct {
+	agent              *agent
+	srv                *appServer
+	tlsVol, credsVol   *kubelettest.Writer
+	tlsDir             string
+	crt, key, otherKey string // otherKey does not match crt
+	now                time.Time
+}
+
+func startTLSAndCreds(t *testing.T) tlsAndCreds {
+	t.Helper()
+	root := t.TempDir()
+	f := tlsAndCreds{tlsDir: filepath.Join(root, "tls"), now: time.Now()}
+	credsDir := filepath.Join(root, "db-creds")
+	f.crt, f.key = tlsPair(t, f.now.Add(-time.Hour), f.now.Add(time.Hour))
+	_, f.otherKey = tlsPair(t, f.now.Add(-time.Hour), f.now.Add(time.Hour))
+	f.tlsVol = newVolume(t, f.tlsDir, map[string]string{"tls.crt": f.crt, "tls.key": f.key})
+	f.credsVol = newVolume(t, credsDir, secretPayload("one"))
+	f.srv = newAppServer(t, credsDir)
+	cfg := testConfig(f.tlsDir, credsDir)
+	cfg.Reload = []string{"http:" + f.srv.url}
+	cfg.MinInterval = 0
+	f.agent = startAgent(t, cfg)
+	return f
 }
 
 type alertRule struct {

@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 )
 
 // Labels that Prometheus adds to a scraped series (the target's), which
@@ -87,18 +86,8 @@ func (s series) add(samples map[string]float64) {
 func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 	exprs := dashboardExprs(t)
 
-	root := t.TempDir()
-	tlsDir, credsDir := root+"/tls", root+"/db-creds"
-	now := time.Now()
-	crt, key := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
-	_, otherKey := tlsPair(t, now.Add(-time.Hour), now.Add(time.Hour))
-	tlsVol := newVolume(t, tlsDir, map[string]string{"tls.crt": crt, "tls.key": key})
-	credsVol := newVolume(t, credsDir, secretPayload("one"))
-	srv := newAppServer(t, credsDir)
-	cfg := testConfig(tlsDir, credsDir)
-	cfg.Reload = []string{"http:" + srv.url}
-	cfg.MinInterval = 0
-	a := startAgent(t, cfg)
+	f := startTLSAndCreds(t)
+	a, srv, credsVol, tlsDir := f.agent, f.srv, f.credsVol, f.tlsDir
 
 	got := series{}
 	got.add(a.samples(t))
@@ -112,7 +101,7 @@ func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 	srv.mu.Lock()
 	srv.fail = 1 << 30
 	srv.mu.Unlock()
-	write(t, tlsVol, map[string]string{"tls.crt": crt, "tls.key": otherKey})
+	write(t, f.tlsVol, map[string]string{"tls.crt": f.crt, "tls.key": f.otherKey})
 	write(t, credsVol, secretPayload("three"))
 	waitFor(t, "a failed reload and refused content", func() bool {
 		s := a.samples(t)
