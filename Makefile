@@ -62,8 +62,8 @@ helm: ## Build the helm CLI $(HELM_VERSION) from the Go module proxy into $(CACH
 	hack/helm.sh >/dev/null
 
 .PHONY: chart-test
-chart-test: helm ## Only the chart's tests (make unit runs them too): helm lint and helm template of charts/k8secrets with each ci/ values file against its golden (UPDATE=1 rewrites them), schema refusals.
-	CI=true K8SECRETS_HELM=$(HELM) $(GO) test -count=1 ./charts/ $(if $(UPDATE),-args -update)
+chart-test: helm test-assets ## Only the chart's tests (make unit runs them too): helm lint and helm template of charts/k8secrets with each ci/ values file against its golden (UPDATE=1 rewrites them), schema refusals.
+	CI=true K8SECRETS_HELM=$(HELM) K8SECRETS_TEST_ASSETS=$(KUBE_BIN) $(GO) test -count=1 ./charts/ $(if $(UPDATE),-args -update)
 
 .PHONY: test-assets
 test-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl for the API-server tests (cached by version).
