@@ -3,12 +3,15 @@
 // template of every values file under k8secrets/ci against a golden file
 // (-update rewrites them), the rendered Roles against the kustomize
 // manifests they must equal, the schema's refusals, and a server-side
-// dry-run of the rendered objects on a real API server.
+// dry-run of the rendered objects on a real API server (the PodMonitor and
+// PrometheusRule against the Prometheus Operator's CRDs, read from its Go
+// module at the version hack/versions.mk pins).
 package charts_test
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"io"
@@ -19,13 +22,17 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -348,9 +355,59 @@ func TestChartRefusesBadValues(t *testing.T) {
 	}
 }
 
-// A real API server accepts every object the examples render (server-side
-// dry-run: schema, defaulting, RBAC's escalation check). The Prometheus
-// Operator's kinds are left out: their CRDs are not installed there.
+// monitoringCRDs returns the PodMonitor and PrometheusRule CRDs of the
+// Prometheus Operator at PROMETHEUS_OPERATOR_VERSION (hack/versions.mk),
+// from its Go module: the module proxy serves it, so no registry or release
+// download is needed.
+func monitoringCRDs(t *testing.T) []*unstructured.Unstructured {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "hack", "versions.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":="); ok && strings.TrimSpace(k) == "PROMETHEUS_OPERATOR_VERSION" {
+			version = strings.TrimSpace(v)
+		}
+	}
+	if version == "" {
+		t.Fatal("hack/versions.mk sets no PROMETHEUS_OPERATOR_VERSION")
+	}
+	mod := "github.com/prometheus-operator/prometheus-operator@" + version
+	cmd := exec.Command("go", "mod", "download", "-json", mod)
+	cmd.Dir = t.TempDir() // outside the main module: its go.mod is not touched
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go mod download %s: %v\n%s%s", mod, err, out, stderrOf(err))
+	}
+	var info struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &info); err != nil || info.Dir == "" {
+		t.Fatalf("go mod download %s: %v %s", mod, err, info.Error)
+	}
+	var crds []*unstructured.Unstructured
+	for _, f := range []string{"monitoring.coreos.com_podmonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"} {
+		b, err := os.ReadFile(filepath.Join(info.Dir, "example", "prometheus-operator-crd", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crds = append(crds, objects(t, string(b))...)
+	}
+	return crds
+}
+
+func stderrOf(err error) string {
+	var x *exec.ExitError
+	if errors.As(err, &x) {
+		return string(x.Stderr)
+	}
+	return ""
+}
+
+// A real API server accepts every object the examples render
+// (server-side dry-run with strict field validation: schema, unknown
+// fields, defaulting, RBAC's escalation check), the PodMonitor and the
+// PrometheusRule against the Prometheus Operator's own CRDs.
 func TestAPIChartDryRun(t *testing.T) {
 	helmBin(t)
 	env := apitest.Shared(t)
@@ -359,20 +416,41 @@ func TestAPIChartDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	for _, crd := range monitoringCRDs(t) {
+		if _, err := dyn.Resource(crdGVR).Apply(ctx, crd.GetName(), crd, metav1.ApplyOptions{FieldManager: "chart-test", Force: true}); err != nil {
+			t.Fatalf("create CRD %s: %v", crd.GetName(), err)
+		}
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			got, err := dyn.Resource(crdGVR).Get(ctx, crd.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+			for _, c := range conds {
+				if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			t.Fatalf("CRD %s not established: %v", crd.GetName(), err)
+		}
+	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(env.Client.Discovery()))
 	// The examples name these namespaces; they must exist for a dry-run.
 	for _, ns := range []string{namespace, "billing"} {
 		_, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		if err != nil && !strings.Contains(err.Error(), "already exists") {
+		if err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatal(err)
 		}
 	}
+	kinds := map[string]bool{}
 	for _, values := range examples(t) {
 		t.Run(filepath.Base(values), func(t *testing.T) {
 			for _, o := range objects(t, render(t, "-f", values)) {
-				if o.GroupVersionKind().Group == "monitoring.coreos.com" {
-					continue
-				}
+				kinds[o.GetKind()] = true
 				m, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
 				if err != nil {
 					t.Fatalf("%s %s: %v", o.GetKind(), o.GetName(), err)
@@ -385,11 +463,18 @@ func TestAPIChartDryRun(t *testing.T) {
 					}
 					ri = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
 				}
+				// Apply's field validation is strict by default: an unknown
+				// or duplicate field is an error, not a warning.
 				opts := metav1.ApplyOptions{FieldManager: "chart-test", DryRun: []string{metav1.DryRunAll}}
 				if _, err := ri.Apply(ctx, o.GetName(), o, opts); err != nil {
 					t.Errorf("server-side dry-run of %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 				}
 			}
 		})
+	}
+	for _, k := range []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Job", "PodMonitor", "PrometheusRule"} {
+		if !kinds[k] {
+			t.Errorf("no example renders a %s: add one under %s/ci", k, chart)
+		}
 	}
 }
