@@ -248,6 +248,31 @@ func TestHelmInstallInjectUninstall(t *testing.T) {
 	}
 	generation := web.Generation
 
+	// helm upgrade runs the hook Job again; with the same values it changes
+	// nothing: same generation, same pods.
+	jobDone = jobWatch(ctx, t, c, ns)
+	if out, err := helmCmd(ctx, t, c, "upgrade", release, chart, "-n", ns, "--reuse-values", "--timeout", "5m"); err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	select {
+	case cond := <-jobDone:
+		if cond != batchv1.JobComplete {
+			t.Fatalf("on helm upgrade, Job %s/k8secrets-inject ended %s", ns, cond)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watch never saw the upgrade's Job k8secrets-inject finish")
+	}
+	web, err = c.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if web.Generation != generation {
+		t.Errorf("helm upgrade with the same values moved deployment %s/web from generation %d to %d; want no change", ns, generation, web.Generation)
+	}
+	if pods := checkInjected(ctx, t, c, ns, value); fmt.Sprint(pods) != fmt.Sprint(podsBefore) {
+		t.Errorf("after helm upgrade, the pods of web are %v; want %v, untouched", pods, podsBefore)
+	}
+
 	if out, err := helmCmd(ctx, t, c, "uninstall", release, "-n", ns, "--wait", "--timeout", "2m"); err != nil {
 		t.Fatalf("helm uninstall: %v\n%s", err, out)
 	}
@@ -275,7 +300,10 @@ func TestHelmInstallInjectUninstall(t *testing.T) {
 			return err
 		}},
 		{"release Secret", func() error {
-			_, err := c.Client.CoreV1().Secrets(ns).Get(ctx, "sh.helm.release.v1."+release+".v1", metav1.GetOptions{})
+			l, err := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: "owner=helm,name=" + release})
+			if err == nil && len(l.Items) == 0 {
+				return apierrors.NewNotFound(corev1.Resource("secrets"), "sh.helm.release.v1."+release+".*")
+			}
 			return err
 		}},
 	}
@@ -318,4 +346,106 @@ func TestHelmInstallInjectUninstall(t *testing.T) {
 	if fmt.Sprint(podsAfter) != fmt.Sprint(podsBefore) {
 		t.Errorf("after helm uninstall, the pods of web are %v; want %v, untouched", podsAfter, podsBefore)
 	}
+}
+
+// An inject Job that fails (here: the Secret does not exist, exit 3, which
+// the Job's podFailurePolicy does not retry) fails helm install and changes
+// no workload; the failed Job stays for its log. helm uninstall then removes
+// the RBAC objects; what it does with the failed hook Job is recorded.
+func TestHelmInstallInjectFails(t *testing.T) {
+	c := framework.Get(t)
+	tag := os.Getenv("E2E_IMAGE_TAG")
+	if tag == "" || os.Getenv("E2E_HELM") == "" {
+		t.Fatal("set E2E_IMAGE_TAG and E2E_HELM; `make e2e` does")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	switch err := c.LoadImages(ctx, "k8secrets-job:"+tag, "k8secrets-agent:"+tag); {
+	case err == nil, errors.Is(err, framework.ErrNotKind):
+	default:
+		t.Fatalf("%v; build them with `make images VERSION=%s`", err, tag)
+	}
+	if err := c.BuildTestApp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns := c.Namespace(t)
+	labels := map[string]string{"app": "web"}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: appsv1.DeploymentSpec{
+		Replicas: ptrTo(int32(1)), Selector: &metav1.LabelSelector{MatchLabels: labels},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptrTo(int64(5)),
+			Containers: []corev1.Container{{Name: "app", Image: framework.TestAppImage, ImagePullPolicy: corev1.PullIfNotPresent,
+				SecurityContext: &corev1.SecurityContext{RunAsUser: ptrTo(int64(1000)), RunAsNonRoot: ptrTo(true)}}}}}}}
+	if _, err := c.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitDeploymentAvailable(ctx, ns, "web", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	web, err := c.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chart, err := filepath.Abs("../../charts/k8secrets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := helmCmd(ctx, t, c, "install", release, chart, "-n", ns, "--timeout", "3m",
+		"--set", "image.repository=k8secrets-job", "--set", "image.tag="+tag,
+		"--set", "agentImage.repository=k8secrets-agent", "--set", "agentImage.tag="+tag,
+		"--set", "inject.enabled=true", "--set", "inject.selector=app=web", "--set", "inject.secret=missing")
+	if err == nil {
+		t.Fatalf("helm install with an inject Job for a missing Secret succeeded:\n%s", out)
+	}
+	t.Logf("helm install failed as it should: %v\n%s", err, out)
+
+	job, err := c.Client.BatchV1().Jobs(ns).Get(ctx, "k8secrets-inject", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the failed inject Job is gone (%v); want it kept for its log", err)
+	}
+	failed := false
+	for _, cond := range job.Status.Conditions {
+		if cond.Type == batchv1.JobFailed && cond.Status == corev1.ConditionTrue {
+			failed = true
+		}
+	}
+	if !failed {
+		t.Errorf("Job %s/k8secrets-inject conditions %v; want Failed", ns, job.Status.Conditions)
+	}
+	pods, err := c.Pods(ctx, ns, "batch.kubernetes.io/job-name=k8secrets-inject")
+	if err != nil || len(pods) != 1 {
+		t.Fatalf("pods of the failed Job: %d, %v; want 1 (exit 3 is not retried)", len(pods), err)
+	}
+	for _, cs := range pods[0].Status.ContainerStatuses {
+		if cs.Name == "job" && (cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 3) {
+			t.Errorf("the Job's container ended %+v; want exit code 3 (the Secret is missing)", cs.State)
+		}
+	}
+	after, err := c.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Generation != web.Generation || after.Labels["k8secrets.io/injected"] != "" {
+		t.Errorf("deployment %s/web changed by a failed inject: generation %d -> %d, labels %v", ns, web.Generation, after.Generation, after.Labels)
+	}
+
+	if out, err := helmCmd(ctx, t, c, "uninstall", release, "-n", ns, "--wait", "--timeout", "2m"); err != nil {
+		t.Fatalf("helm uninstall of the failed release: %v\n%s", err, out)
+	}
+	for _, kind := range []string{"ServiceAccount", "Role", "RoleBinding"} {
+		var err error
+		switch kind {
+		case "ServiceAccount":
+			_, err = c.Client.CoreV1().ServiceAccounts(ns).Get(ctx, "k8secrets-job", metav1.GetOptions{})
+		case "Role":
+			_, err = c.Client.RbacV1().Roles(ns).Get(ctx, "k8secrets-job", metav1.GetOptions{})
+		case "RoleBinding":
+			_, err = c.Client.RbacV1().RoleBindings(ns).Get(ctx, "k8secrets-job", metav1.GetOptions{})
+		}
+		if !apierrors.IsNotFound(err) {
+			t.Errorf("after helm uninstall of the failed release, get %s %s/k8secrets-job: err = %v; want NotFound", kind, ns, err)
+		}
+	}
+	_, err = c.Client.BatchV1().Jobs(ns).Get(ctx, "k8secrets-inject", metav1.GetOptions{})
+	t.Logf("after helm uninstall of the failed release, get Job k8secrets-inject: err = %v", err)
 }
