@@ -351,7 +351,7 @@ func TestHelmInstallInjectUninstall(t *testing.T) {
 // An inject Job that fails (here: the Secret does not exist, exit 3, which
 // the Job's podFailurePolicy does not retry) fails helm install and changes
 // no workload; the failed Job stays for its log. helm uninstall then removes
-// the RBAC objects; what it does with the failed hook Job is recorded.
+// the RBAC objects but not the failed hook Job, which its TTL removes.
 func TestHelmInstallInjectFails(t *testing.T) {
 	c := framework.Get(t)
 	tag := os.Getenv("E2E_IMAGE_TAG")
@@ -446,6 +446,14 @@ func TestHelmInstallInjectFails(t *testing.T) {
 			t.Errorf("after helm uninstall of the failed release, get %s %s/k8secrets-job: err = %v; want NotFound", kind, ns, err)
 		}
 	}
-	_, err = c.Client.BatchV1().Jobs(ns).Get(ctx, "k8secrets-inject", metav1.GetOptions{})
-	t.Logf("after helm uninstall of the failed release, get Job k8secrets-inject: err = %v", err)
+	// A hook's objects are not the release's: helm uninstall leaves the
+	// failed Job (the chart README says so); its TTL removes it a day
+	// after it failed, its pod with it.
+	job, err = c.Client.BatchV1().Jobs(ns).Get(ctx, "k8secrets-inject", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("after helm uninstall of the failed release, get Job k8secrets-inject: %v; want it left (the chart README says so: update it)", err)
+	}
+	if job.Spec.TTLSecondsAfterFinished == nil || *job.Spec.TTLSecondsAfterFinished != 86400 {
+		t.Errorf("the failed Job left behind has ttlSecondsAfterFinished %v; want 86400", job.Spec.TTLSecondsAfterFinished)
+	}
 }
