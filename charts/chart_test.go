@@ -19,11 +19,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -477,4 +479,130 @@ func TestAPIChartDryRun(t *testing.T) {
 			t.Errorf("no example renders a %s: add one under %s/ci", k, chart)
 		}
 	}
+}
+
+// The chart's RBAC on a real API server, asked with SubjectAccessReviews:
+// by default each namespace's ServiceAccount may do the Job's work in its
+// own namespace only and read only the Secrets listed; cluster-wide only
+// when clusterWide.enabled says so, and still only the Secrets listed.
+func TestAPIChartRBACScope(t *testing.T) {
+	helmBin(t)
+	env := apitest.Shared(t)
+	ctx := context.Background()
+	dyn, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(env.Client.Discovery()))
+	// apply creates the rendered RBAC objects for real, and deletes them
+	// after the test.
+	apply := func(t *testing.T, text string) {
+		t.Helper()
+		for _, o := range objects(t, text) {
+			if o.GetAPIVersion() != "v1" && o.GroupVersionKind().Group != "rbac.authorization.k8s.io" {
+				continue
+			}
+			ns := o.GetNamespace()
+			if ns != "" {
+				_, err := env.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+				if err != nil && !apierrors.IsAlreadyExists(err) {
+					t.Fatal(err)
+				}
+			}
+			m, err := mapper.RESTMapping(o.GroupVersionKind().GroupKind(), o.GroupVersionKind().Version)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ri := dyn.Resource(m.Resource).Namespace(ns)
+			if ns == "" {
+				ri = dyn.Resource(m.Resource)
+			}
+			if _, err := ri.Apply(ctx, o.GetName(), o, metav1.ApplyOptions{FieldManager: "chart-test"}); err != nil {
+				t.Fatalf("apply %s %s/%s: %v", o.GetKind(), ns, o.GetName(), err)
+			}
+			name := o.GetName()
+			t.Cleanup(func() { _ = ri.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		}
+	}
+	type access struct {
+		sa        string // NS (the ServiceAccount NS/k8secrets-job) or NS:NAME
+		verb, res string // res: resource[/subresource]
+		group, ns string
+		name      string
+		want      bool
+	}
+	check := func(t *testing.T, cases []access) {
+		t.Helper()
+		// The allowed first: each waits until the authorizer's cache has
+		// the objects it needs, so that the refusals after them are
+		// refusals of the objects, not of a cache that lags behind.
+		sort.SliceStable(cases, func(i, j int) bool { return cases[i].want && !cases[j].want })
+		for _, c := range cases {
+			res, sub, _ := strings.Cut(c.res, "/")
+			if !strings.Contains(c.sa, ":") {
+				c.sa += ":k8secrets-job"
+			}
+			saNS, _, _ := strings.Cut(c.sa, ":")
+			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   "system:serviceaccount:" + c.sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + saNS, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: c.ns, Verb: c.verb, Group: c.group,
+					Resource: res, Subresource: sub, Name: c.name}}}
+			// RBAC objects reach the authorizer's cache shortly after
+			// they are written: wait for the expected answer, then say
+			// what it was.
+			var got bool
+			_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+				r, err := env.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+				if err != nil {
+					return false, err
+				}
+				got = r.Status.Allowed
+				return got == c.want, nil
+			})
+			if got != c.want {
+				t.Errorf("can %s %s %s %q in namespace %q = %t; want %t", c.sa, c.verb, c.res, c.name, c.ns, got, c.want)
+			}
+		}
+	}
+
+	t.Run("namespaced", func(t *testing.T) {
+		apply(t, render(t, "-f", filepath.Join(chart, "ci", "namespaced-values.yaml")))
+		check(t, []access{
+			{"shop", "get", "secrets", "", "shop", "db-creds", true},
+			{"shop", "get", "secrets", "", "shop", "api-token", true},
+			{"shop", "get", "secrets", "", "shop", "stripe-key", false},
+			{"shop", "list", "secrets", "", "shop", "", false},
+			{"shop", "patch", "deployments", "apps", "shop", "web", true},
+			{"shop", "update", "deployments", "apps", "shop", "web", false},
+			{"shop", "create", "pods/eviction", "", "shop", "web-1", true},
+			// Patching pods is the refresh Role's, bound to ci:deployer.
+			{"shop", "patch", "pods", "", "shop", "web-1", false},
+			{"ci:deployer", "patch", "pods", "", "shop", "web-1", true},
+			{"ci:deployer", "patch", "pods", "", "billing", "web-1", true},
+			{"ci:deployer", "get", "secrets", "", "shop", "db-creds", false},
+			{"shop", "patch", "deployments", "apps", "billing", "web", false},
+			{"shop", "get", "secrets", "", "billing", "stripe-key", false},
+			{"billing", "get", "secrets", "", "billing", "stripe-key", true},
+			{"billing", "patch", "deployments", "apps", "billing", "web", true},
+			{"billing", "patch", "deployments", "apps", "shop", "web", false},
+		})
+	})
+	t.Run("cluster-wide", func(t *testing.T) {
+		// Another release namespace than the examples', so that the Roles
+		// of the namespaced case cannot answer for it.
+		out, errOut, err := helm(t, "template", release, chart, "-n", "ops", "-f", filepath.Join(chart, "ci", "clusterwide-values.yaml"))
+		if err != nil {
+			t.Fatalf("helm template: %v\n%s", err, errOut)
+		}
+		apply(t, out)
+		check(t, []access{
+			{"ops", "get", "secrets", "", "anywhere", "db-creds", true},
+			{"ops", "get", "secrets", "", "anywhere", "other", false},
+			{"ops", "list", "secrets", "", "anywhere", "", false},
+			{"ops", "patch", "deployments", "apps", "anywhere", "web", true},
+			{"ops", "update", "deployments", "apps", "anywhere", "web", false},
+			{"ops", "create", "leases", "coordination.k8s.io", "anywhere", "", true},
+		})
+	})
 }
