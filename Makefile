@@ -23,6 +23,7 @@ include hack/versions.mk
 # the same machine (and CI after a session) reuses them.
 CACHE_DIR ?= $(HOME)/.cache/k8secrets
 KUBE_BIN  ?= $(CACHE_DIR)/kubernetes-$(K8S_VERSION)/bin
+HELM      ?= $(CACHE_DIR)/helm-$(HELM_VERSION)/helm
 export CACHE_DIR KUBE_BIN
 
 ##@ General
@@ -50,11 +51,19 @@ lint: ## go vet and gofmt.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: unit
-unit: test-assets ## Unit tests and real-API-server tests, with the race detector.
-	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) $(GO) test -race -count=1 -timeout 30m ./...
+unit: test-assets helm ## Unit tests and real-API-server tests, with the race detector; the Helm chart's tests (chart-test) among them.
+	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) K8SECRETS_HELM=$(HELM) $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: test
 test: lint unit e2e ## Everything CI runs: lint, unit and API-server tests, then the e2e suite on kind.
+
+.PHONY: helm
+helm: ## Build the helm CLI $(HELM_VERSION) from the Go module proxy into $(CACHE_DIR) (cached by version).
+	hack/helm.sh >/dev/null
+
+.PHONY: chart-test
+chart-test: helm test-assets ## Only the chart's tests (make unit runs them too): helm lint and helm template of charts/k8secrets with each ci/ values file against its golden (UPDATE=1 rewrites them), schema refusals.
+	CI=true K8SECRETS_HELM=$(HELM) K8SECRETS_TEST_ASSETS=$(KUBE_BIN) $(GO) test -count=1 ./charts/ $(if $(UPDATE),-args -update)
 
 .PHONY: test-assets
 test-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl for the API-server tests (cached by version).
@@ -130,8 +139,8 @@ GOTESTSUM := $(GO) run gotest.tools/gotestsum@v1.13.0
 # test shows in every CI log.
 E2E_RERUNS := $(CACHE_DIR)/e2e-reruns.txt
 
-e2e: cluster images load-images kube-binaries ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
-	rm -f $(E2E_RERUNS); cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) E2E_IMAGE_TAG=$(VERSION) E2E_BIN=$(BIN) E2E_KUBECTL=$(KUBE_BIN)/kubectl \
+e2e: cluster images load-images kube-binaries helm ## End-to-end tests (build tag e2e) on the kind cluster, one package at a time.
+	rm -f $(E2E_RERUNS); cd e2e && E2E_KUBECONFIG=$(KIND_KUBECONFIG) E2E_IMAGE_TAG=$(VERSION) E2E_BIN=$(BIN) E2E_KUBECTL=$(KUBE_BIN)/kubectl E2E_HELM=$(HELM) \
 		$(GOTESTSUM) --format testname --rerun-fails=1 --rerun-fails-max-failures=3 --rerun-fails-report=$(E2E_RERUNS) --packages ./... \
 		-- -tags e2e -p 1 -count=1 -timeout 40m; rc=$$?; \
 		if [ -s $(E2E_RERUNS) ]; then echo "--- e2e: tests that failed once and were rerun (flaky unless the rerun failed too):"; cat $(E2E_RERUNS); else echo "--- e2e: no test was rerun"; fi; \
