@@ -3,6 +3,7 @@ package reload
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -157,5 +158,41 @@ func TestRunnerRestartCoversChangesDuringIt(t *testing.T) {
 				t.Errorf("%d reloads; want %d", n, tt.want)
 			}
 		})
+	}
+}
+
+// TestRunnerReportsFailures: each failed attempt is reported with its
+// error (the watcher marks the content failed in /status), then the
+// success; a success reports no failure.
+func TestRunnerReportsFailures(t *testing.T) {
+	rec := &recorder{fail: 2}
+	var mu sync.Mutex
+	var events []string
+	record := func(e string) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, e)
+	}
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), events...)
+	}
+	r := startRunner(t, RunnerOptions{
+		Actions:        []Action{rec},
+		BackoffInitial: time.Millisecond,
+		OnFailure:      func(err error) { record("failure: " + err.Error()) },
+		OnSuccess:      func() { record("success") },
+	})
+	r.Notify()
+	waitFor(t, "the success after two failures", func() bool { return len(got()) == 3 })
+	want := []string{"failure: app not ready", "failure: app not ready", "success"}
+	if e := got(); !slices.Equal(e, want) {
+		t.Errorf("events %q; want %q", e, want)
+	}
+	r.Notify()
+	waitFor(t, "the next success", func() bool { return len(got()) == 4 })
+	if e := got(); e[3] != "success" {
+		t.Errorf("events %q; want a fourth success", e)
 	}
 }
