@@ -187,9 +187,15 @@ func TestStatusPending(t *testing.T) {
 	cfg.MinInterval = time.Hour
 	a := startAgent(t, cfg)
 	write(t, vol, secretPayload("two"))
-	waitFor(t, "the first reload", func() bool { loaded, _, _, _ := a.status(t).dir(t, dir); return loaded == jobID(t, key, secretPayload("two")) })
+	waitFor(t, "the first reload", func() bool {
+		loaded, _, _, _ := a.status(t).dir(t, dir)
+		return loaded == jobID(t, key, secretPayload("two"))
+	})
 	write(t, vol, secretPayload("three"))
-	waitFor(t, "the third content seen", func() bool { _, seen, _, _ := a.status(t).dir(t, dir); return seen == jobID(t, key, secretPayload("three")) })
+	waitFor(t, "the third content seen", func() bool {
+		_, seen, _, _ := a.status(t).dir(t, dir)
+		return seen == jobID(t, key, secretPayload("three"))
+	})
 	if loaded, _, state, _ := a.status(t).dir(t, dir); loaded != jobID(t, key, secretPayload("two")) || state != "pending" {
 		t.Errorf("within --min-interval: loaded %s, state %s; want the second content, pending", loaded, state)
 	}
