@@ -78,10 +78,10 @@ func TestStatusStates(t *testing.T) {
 	if s.Path != dir || s.LoadedAt == nil || s.LastAttempt != nil {
 		t.Errorf("baseline: path %s, loadedAt %v, lastAttempt %v; want %s, the time of the first reading, none", s.Path, s.LoadedAt, s.LastAttempt, dir)
 	}
-	loadedInfo := func(data map[string]string) string {
-		return metric(m, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+versionOf(t, dir)+`",content_id="`+idOf(t, key, data)+`"}`)
+	loadedInfo := func(version string, data map[string]string) string {
+		return metric(m, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+version+`",content_id="`+idOf(t, key, data)+`"}`)
 	}
-	if got := loadedInfo(one); got != "1" {
+	if got := loadedInfo(versionOf(t, dir), one); got != "1" {
 		t.Errorf("loaded_info of the baseline = %q; want 1:\n%s", got, exposition(m))
 	}
 
@@ -109,8 +109,26 @@ func TestStatusStates(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectChange(t, changes, dir)
+	v3 := versionOf(t, dir)
 	checkStatus(t, "newer content during retries", only(t, w), idOf(t, key, one), idOf(t, key, three), StatePending, "")
 
+	// The reload the gate lets through reads the third content; the
+	// fourth arrives while it runs: only the third is loaded.
+	if err := w.Invalid(); err != nil {
+		t.Fatal(err)
+	}
+	four := map[string]string{"password": "four", "username": "app"}
+	if err := vol.WriteStrings(four); err != nil {
+		t.Fatal(err)
+	}
+	expectChange(t, changes, dir)
+	w.Reloaded()
+	checkStatus(t, "content newer than the reload", only(t, w), idOf(t, key, three), idOf(t, key, four), StatePending, "")
+	if got := loadedInfo(v3, three); got != "1" {
+		t.Errorf("loaded_info after the reload of the third content = %q; want 1:\n%s", got, exposition(m))
+	}
+
+	three = four
 	if err := w.Invalid(); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +139,7 @@ func TestStatusStates(t *testing.T) {
 	if s.LoadedAt == nil || s.LoadedAt.Before(before) {
 		t.Errorf("reloaded: loadedAt %v; want the time of the success, after %v", s.LoadedAt, before)
 	}
-	if got := loadedInfo(three); got != "1" {
+	if got := loadedInfo(versionOf(t, dir), three); got != "1" {
 		t.Errorf("loaded_info after the reload = %q; want 1:\n%s", got, exposition(m))
 	}
 	if strings.Count(exposition(m), "k8secrets_agent_loaded_info{") != 1 {
