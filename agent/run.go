@@ -73,6 +73,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		StartGate:      watcher.Current,
 		OnSuccess:      func() { watcher.Reloaded(); release.after() },
 		OnFailure:      func(err error) { watcher.Failed(err) },
+		OnStale:        watcher.Stale,
 		Logger:         logger,
 		Metrics:        m,
 	})

@@ -5,8 +5,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -266,4 +268,73 @@ func dataTarget(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return filepath.Base(target)
+}
+
+// TestStatusStartupStale: the Secret changed while the agent was down and
+// the app (as another user: the signal fails with EPERM) started before
+// the change. The agent's start-up reading is not what the app has loaded:
+// /status says loaded "" and failed, with the reason, never the id of the
+// content the app has not read.
+func TestStatusStartupStale(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the app and the agent as two other users")
+	}
+	key, err := contentid.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := openDir(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"stale-app", "agent"} {
+		if err := os.WriteFile(filepath.Join(shared, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(shared, "db-creds")
+	vol := newVolume(t, dir, secretPayload("one"))
+	app := &testApp{exe: filepath.Join(shared, "stale-app"), log: filepath.Join(shared, "app.log"), secret: filepath.Join(dir, secretKey)}
+	appCmd := exec.Command(app.exe)
+	appCmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=app", "APP_LOG="+app.log, "APP_SECRET="+app.secret)
+	appCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := appCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = appCmd.Process.Kill(); _ = appCmd.Wait() })
+	waitFor(t, "the app to start", func() bool { return app.has("start ") })
+	time.Sleep(25 * time.Millisecond) // the app starts certainly before the update
+	write(t, vol, secretPayload("two"))
+
+	cmd := exec.Command(filepath.Join(shared, "agent"), "--watch="+dir, "--reload=signal:SIGHUP", "--process=stale-app",
+		"--listen=127.0.0.1:0", "--log-format=json", "--min-interval=0")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=agent", contentid.KeyEnv+"="+key)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65533, Gid: 65533}}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	a := &agent{logs: out}
+	waitFor(t, "the agent to start", func() bool {
+		_, rest, ok := strings.Cut(out.String(), `"listen":"`)
+		if ok {
+			a.addr, _, _ = strings.Cut(rest, `"`)
+		}
+		return ok && a.get(t, "/readyz") == 200
+	})
+	waitFor(t, "the failed start-up reload", func() bool { _, _, state, _ := a.status(t).dir(t, dir); return state == "failed" })
+	loaded, seen, _, errMsg := a.status(t).dir(t, dir)
+	if loaded != "" || seen != jobID(t, key, secretPayload("two")) || !strings.Contains(errMsg, "operation not permitted") {
+		t.Errorf("app older than the content, its reload failing: loaded %q, seen %s, error %q; want \"\" (unknown), the content on disk, EPERM", loaded, seen, errMsg)
+	}
+	if got := app.events("hup"); len(got) != 0 {
+		t.Errorf("app got %q; want nothing", got)
+	}
 }

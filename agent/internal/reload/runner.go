@@ -35,6 +35,10 @@ type RunnerOptions struct {
 	// OnFailure, when set, is called after each failed attempt, before
 	// the retry (the watcher reports the content failed in /status).
 	OnFailure func(err error)
+	// OnStale, when set, is called when the start-up check finds the app
+	// older than the content: what the agent read at its start is not
+	// what the app has loaded (the watcher stops saying so in /status).
+	OnStale func()
 }
 
 // Runner runs the actions when notified. The first change reloads at once

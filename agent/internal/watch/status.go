@@ -190,6 +190,19 @@ func (w *Watcher) publish(d *dirState) {
 	w.opts.Metrics.Loaded(d.path, d.st.version, id)
 }
 
+// Stale records that the app started before the content the watcher read
+// at its start (the start-up check): the app has not loaded it, and what it
+// has loaded is unknown. The start-up reload, when it succeeds, loads it.
+func (w *Watcher) Stale() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, d := range w.dirs {
+		if d.st.loaded == d.digest {
+			d.st.loaded, d.st.loadedAt = "", time.Time{}
+		}
+	}
+}
+
 // Failed records that a reload attempt failed with err: the directories
 // whose content the gate let through and the app has not loaded are failed
 // (for that content). err must name no Secret value.

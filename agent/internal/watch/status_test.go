@@ -220,3 +220,31 @@ func TestStatusMissingAtStart(t *testing.T) {
 	expectChange(t, changes, dir)
 	checkStatus(t, "first content", only(t, w), "", idOf(t, key, one), StatePending, "")
 }
+
+// TestStatusStale: when the start-up check finds the app older than the
+// content (it changed while the agent was down), the content the agent
+// read at its start is not what the app has loaded: loaded is unknown
+// ("") until the start-up reload succeeds, and a failure of it is failed.
+func TestStatusStale(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db-creds")
+	one := map[string]string{"password": "one"}
+	newVolume(t, dir, one)
+	key := newKey(t)
+	w, _ := startWatcher(t, Options{Dirs: []string{dir}, Key: key})
+	w.Stale()
+	s := only(t, w)
+	checkStatus(t, "stale app", s, "", idOf(t, key, one), StatePending, "")
+	if s.LoadedAt != nil {
+		t.Errorf("stale app: loadedAt %v; want none", s.LoadedAt)
+	}
+	if err := w.Current(); err != nil {
+		t.Fatal(err)
+	}
+	w.Failed(errors.New("signal app (pid 12): operation not permitted"))
+	checkStatus(t, "start-up reload failed", only(t, w), "", idOf(t, key, one), StateFailed, "operation not permitted")
+	if err := w.Current(); err != nil {
+		t.Fatal(err)
+	}
+	w.Reloaded()
+	checkStatus(t, "start-up reload", only(t, w), idOf(t, key, one), idOf(t, key, one), StateLoaded, "")
+}
