@@ -104,6 +104,20 @@ func (m *Agent) Loaded(dir, version, contentID string) {
 	m.set.GetOrCreateGauge(name, nil).Set(1)
 }
 
+// Unloaded removes the loaded_info series of dir: what the app has loaded
+// from it is unknown (an app older than the content at the agent's start).
+func (m *Agent) Unloaded(dir string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.loaded[dir]; ok {
+		m.set.UnregisterMetric(old)
+		delete(m.loaded, dir)
+	}
+}
+
 // Reload records one reload attempt of an action ("signal", "http",
 // "restart", "exec") with result "success" or "failure".
 func (m *Agent) Reload(action string, err error, d time.Duration) {

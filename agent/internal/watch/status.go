@@ -199,6 +199,7 @@ func (w *Watcher) Stale() {
 	for _, d := range w.dirs {
 		if d.st.loaded == d.digest {
 			d.st.loaded, d.st.loadedAt = "", time.Time{}
+			w.opts.Metrics.Unloaded(d.path)
 		}
 	}
 }

@@ -230,8 +230,12 @@ func TestStatusStale(t *testing.T) {
 	one := map[string]string{"password": "one"}
 	newVolume(t, dir, one)
 	key := newKey(t)
-	w, _ := startWatcher(t, Options{Dirs: []string{dir}, Key: key})
+	m := metrics.New("test")
+	w, _ := startWatcher(t, Options{Dirs: []string{dir}, Key: key, Metrics: m})
 	w.Stale()
+	if out := exposition(m); strings.Contains(out, "k8secrets_agent_loaded_info{") {
+		t.Errorf("loaded_info of content the app has not loaded:\n%s", out)
+	}
 	s := only(t, w)
 	checkStatus(t, "stale app", s, "", idOf(t, key, one), StatePending, "")
 	if s.LoadedAt != nil {
@@ -247,4 +251,7 @@ func TestStatusStale(t *testing.T) {
 	}
 	w.Reloaded()
 	checkStatus(t, "start-up reload", only(t, w), idOf(t, key, one), idOf(t, key, one), StateLoaded, "")
+	if got := metric(m, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+versionOf(t, dir)+`",content_id="`+idOf(t, key, one)+`"}`); got != "1" {
+		t.Errorf("loaded_info after the start-up reload = %q; want 1:\n%s", got, exposition(m))
+	}
 }
