@@ -59,7 +59,7 @@ func TestCertificateAheadReloadedWhenValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := a.metric(t, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+filepath.Base(target)+`"}`); v != 1 {
+	if v := a.metric(t, `k8secrets_agent_loaded_info{path="`+dir+`",version="`+filepath.Base(target)+`",content_id=""}`); v != 1 {
 		t.Errorf("loaded_info of %s = %v; want 1", filepath.Base(target), v)
 	}
 }

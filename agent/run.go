@@ -58,6 +58,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		OnBaseline:   func() { runner.NotifyStart() },
 		Logger:       logger,
 		Metrics:      m,
+		Key:          contentKey(logger),
 	}
 	if cfg.Validation == "auto" {
 		wopts.Validate = func(files map[string][]byte) error { return certs.Check(files, time.Now()) }
@@ -71,6 +72,8 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Gate:           watcher.Invalid,
 		StartGate:      watcher.Current,
 		OnSuccess:      func() { watcher.Reloaded(); release.after() },
+		OnFailure:      func(err error) { watcher.Failed(err) },
+		OnStale:        watcher.Stale,
 		Logger:         logger,
 		Metrics:        m,
 	})
@@ -79,6 +82,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Alive:   func() bool { return watcher.Alive() && runner.Alive() },
 		Ready:   watcher.Ready,
 		Metrics: m.WritePrometheus,
+		Status:  func() any { return statusOf(watcher) },
 	}
 
 	ctx, cancel := context.WithCancel(ctx)

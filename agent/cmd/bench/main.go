@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/k8secrets/k8secrets/agent/internal/kubelettest"
+	"github.com/k8secrets/k8secrets/internal/contentid"
 )
 
 // Targets from issue 10 (with the standard library's net/http): the RSS
@@ -274,6 +275,13 @@ type agentProc struct {
 func startAgent(binary, dir, url, minInterval string) (*agentProc, error) {
 	cmd := exec.Command(binary, "--watch="+dir, "--reload=http:"+url+"?file="+filepath.Join(dir, "password"),
 		"--min-interval="+minInterval, "--listen=127.0.0.1:0", "--log-format=json")
+	// Keyed, as the Job injects it: the agent computes a content id
+	// (HMAC-SHA256) of every new content for GET /status.
+	key, err := contentid.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Env = append(os.Environ(), contentid.KeyEnv+"="+key)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -1,5 +1,5 @@
-// Package health serves the agent's /healthz, /readyz and /metrics with the
-// standard library's HTTP server.
+// Package health serves the agent's /healthz, /readyz, /metrics and /status
+// with the standard library's HTTP server.
 //
 // The server has no connection limit: a limit is what let 16 idle
 // connections from any pod make /healthz fail (issue 10), and the kubelet
@@ -11,6 +11,7 @@ package health
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log"
@@ -45,9 +46,12 @@ type Checks struct {
 	Ready func() bool
 	// Metrics writes the Prometheus text format.
 	Metrics func(io.Writer)
+	// Status, when set, is the document of GET /status, served as JSON
+	// (what the app has loaded; see agent/README.md). Unset: 404.
+	Status func() any
 }
 
-// Handler serves the three endpoints (GET and HEAD).
+// Handler serves the endpoints (GET and HEAD).
 func Handler(c Checks) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -62,6 +66,17 @@ func Handler(c Checks) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		_, _ = w.Write(b.Bytes())
 	})
+	if c.Status != nil {
+		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			b, err := json.Marshal(c.Status())
+			if err != nil {
+				http.Error(w, "encode status: "+err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(append(b, '\n'))
+		})
+	}
 	return mux
 }
 

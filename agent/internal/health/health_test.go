@@ -113,3 +113,49 @@ func TestServe(t *testing.T) {
 		t.Errorf("Serve() took %v to stop with an idle client; want at once", d)
 	}
 }
+
+// TestStatus: GET /status serves the document as JSON when set; an agent
+// without it (older than /status) answers 404, which the Job reports as
+// "unknown".
+func TestStatus(t *testing.T) {
+	type dir struct {
+		Path, Loaded, State string
+	}
+	doc := struct {
+		Keyed       bool  `json:"keyed"`
+		Directories []dir `json:"directories"`
+	}{true, []dir{{"/var/run/secrets/k8secrets/app", strings.Repeat("ab", 32), "failed"}}}
+	tests := []struct {
+		name   string
+		status func() any
+		code   int
+		body   string
+		ctype  string
+	}{
+		{"served", func() any { return doc }, 200, `{"keyed":true,"directories":[{"Path":"/var/run/secrets/k8secrets/app","Loaded":"` + strings.Repeat("ab", 32) + `","State":"failed"}]}` + "\n", "application/json"},
+		{"not served", nil, 404, "404 page not found\n", "text/plain; charset=utf-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- Serve(ctx, ln, Checks{Alive: func() bool { return true }, Ready: func() bool { return true }, Metrics: func(io.Writer) {}, Status: tt.status})
+			}()
+			defer func() { cancel(); <-done }()
+			resp, err := http.Get("http://" + ln.Addr().String() + "/status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.code || string(b) != tt.body || resp.Header.Get("Content-Type") != tt.ctype {
+				t.Errorf("GET /status = %d %s %q; want %d %s %q", resp.StatusCode, resp.Header.Get("Content-Type"), b, tt.code, tt.ctype, tt.body)
+			}
+		})
+	}
+}

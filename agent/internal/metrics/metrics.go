@@ -82,8 +82,9 @@ func (m *Agent) ContentRefused(dir string, refused bool) {
 // Loaded records what the app has loaded from a watched directory: the
 // version identifier (the kubelet's "..data" target name, or a digest
 // prefix for a plain directory) of its content at start-up or at the last
-// successful reload, as an info metric with the value 1.
-func (m *Agent) Loaded(dir, version string) {
+// successful reload, and its keyed content id (contentid.Of; "" without a
+// key), as an info metric with the value 1.
+func (m *Agent) Loaded(dir, version, contentID string) {
 	if m == nil {
 		return
 	}
@@ -92,7 +93,7 @@ func (m *Agent) Loaded(dir, version string) {
 	if m.loaded == nil {
 		m.loaded = map[string]string{}
 	}
-	name := fmt.Sprintf(`%sloaded_info{path=%q,version=%q}`, prefix, dir, version)
+	name := fmt.Sprintf(`%sloaded_info{path=%q,version=%q,content_id=%q}`, prefix, dir, version, contentID)
 	if old, ok := m.loaded[dir]; ok {
 		if old == name {
 			return
@@ -101,6 +102,20 @@ func (m *Agent) Loaded(dir, version string) {
 	}
 	m.loaded[dir] = name
 	m.set.GetOrCreateGauge(name, nil).Set(1)
+}
+
+// Unloaded removes the loaded_info series of dir: what the app has loaded
+// from it is unknown (an app older than the content at the agent's start).
+func (m *Agent) Unloaded(dir string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old, ok := m.loaded[dir]; ok {
+		m.set.UnregisterMetric(old)
+		delete(m.loaded, dir)
+	}
 }
 
 // Reload records one reload attempt of an action ("signal", "http",

@@ -69,13 +69,13 @@ func TestAlertSeries(t *testing.T) {
 	m.Reload("signal", errors.New("EPERM"), 0)
 	m.ContentRefused(dir, true)
 	m.ReloadRefused()
-	m.Loaded(dir, "..2026_01_01_00_00_00.1")
+	m.Loaded(dir, "..2026_01_01_00_00_00.1", "")
 	out = expo()
 	for _, want := range []string{
 		"k8secrets_agent_last_reload_successful 0\n",
 		`k8secrets_agent_content_refused{path="` + dir + `"} 1` + "\n",
 		"k8secrets_agent_reloads_refused_total 1\n",
-		`k8secrets_agent_loaded_info{path="` + dir + `",version="..2026_01_01_00_00_00.1"} 1` + "\n",
+		`k8secrets_agent_loaded_info{path="` + dir + `",version="..2026_01_01_00_00_00.1",content_id=""} 1` + "\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("exposition lacks %q:\n%s", want, out)
@@ -84,13 +84,13 @@ func TestAlertSeries(t *testing.T) {
 	m.Reload("signal", nil, 0)
 	m.ReloadSucceeded(time.Unix(1700000000, 0))
 	m.ContentRefused(dir, false)
-	m.Loaded(dir, "..2026_01_01_00_00_01.2")
+	m.Loaded(dir, "..2026_01_01_00_00_01.2", "abababababababababababababababababababababababababababababababab")
 	out = expo()
 	for _, want := range []string{
 		"k8secrets_agent_last_reload_successful 1\n",
 		"k8secrets_agent_last_reload_success_timestamp_seconds 1700000000\n",
 		`k8secrets_agent_content_refused{path="` + dir + `"} 0` + "\n",
-		`k8secrets_agent_loaded_info{path="` + dir + `",version="..2026_01_01_00_00_01.2"} 1` + "\n",
+		`k8secrets_agent_loaded_info{path="` + dir + `",version="..2026_01_01_00_00_01.2",content_id="abababababababababababababababababababababababababababababababab"} 1` + "\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("exposition lacks %q:\n%s", want, out)

@@ -32,6 +32,13 @@ type RunnerOptions struct {
 	// OnSuccess, when set, is called after a reload whose actions all
 	// succeeded (the watcher then publishes what the app has loaded).
 	OnSuccess func()
+	// OnFailure, when set, is called after each failed attempt, before
+	// the retry (the watcher reports the content failed in /status).
+	OnFailure func(err error)
+	// OnStale, when set, is called when the start-up check finds the app
+	// older than the content: what the agent read at its start is not
+	// what the app has loaded (the watcher stops saying so in /status).
+	OnStale func()
 }
 
 // Runner runs the actions when notified. The first change reloads at once
@@ -158,6 +165,9 @@ func (r *Runner) reload(ctx context.Context) {
 			return
 		}
 		failed = true
+		if r.opts.OnFailure != nil {
+			r.opts.OnFailure(err)
+		}
 		r.log.Warn("reload failed; retrying", "action", r.opts.Actions[from].Kind(), "err", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():

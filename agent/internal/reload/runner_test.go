@@ -3,7 +3,10 @@ package reload
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -155,6 +158,90 @@ func TestRunnerRestartCoversChangesDuringIt(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 			if n := rec.count(); n != tt.want {
 				t.Errorf("%d reloads; want %d", n, tt.want)
+			}
+		})
+	}
+}
+
+// TestRunnerReportsFailures: each failed attempt is reported with its
+// error (the watcher marks the content failed in /status), then the
+// success; a success reports no failure.
+func TestRunnerReportsFailures(t *testing.T) {
+	rec := &recorder{fail: 2}
+	var mu sync.Mutex
+	var events []string
+	record := func(e string) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, e)
+	}
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), events...)
+	}
+	r := startRunner(t, RunnerOptions{
+		Actions:        []Action{rec},
+		BackoffInitial: time.Millisecond,
+		OnFailure:      func(err error) { record("failure: " + err.Error()) },
+		OnSuccess:      func() { record("success") },
+	})
+	r.Notify()
+	waitFor(t, "the success after two failures", func() bool { return len(got()) == 3 })
+	want := []string{"failure: app not ready", "failure: app not ready", "success"}
+	if e := got(); !slices.Equal(e, want) {
+		t.Errorf("events %q; want %q", e, want)
+	}
+	r.Notify()
+	waitFor(t, "the next success", func() bool { return len(got()) == 4 })
+	if e := got(); e[3] != "success" {
+		t.Errorf("events %q; want a fourth success", e)
+	}
+}
+
+// behindAction is an action that reports the app's processes as started
+// before the content (stale) or not.
+type behindAction struct {
+	recorder
+	stale  bool
+	called atomic.Bool
+}
+
+func (b *behindAction) Behind() ([]Process, time.Time, error) {
+	b.called.Store(true)
+	if !b.stale {
+		return nil, time.Time{}, nil
+	}
+	return []Process{{PID: 42, Comm: "app"}}, time.Now(), nil
+}
+
+// TestRunnerStartupReportsStale: the start-up check reports an app older
+// than the content (OnStale, before its reload) and nothing for an app
+// that has read it.
+func TestRunnerStartupReportsStale(t *testing.T) {
+	for _, stale := range []bool{true, false} {
+		t.Run(fmt.Sprint("stale=", stale), func(t *testing.T) {
+			a := &behindAction{stale: stale}
+			var calls atomic.Int32
+			var reloadsAtStale atomic.Int32
+			r := startRunner(t, RunnerOptions{Actions: []Action{a}, OnStale: func() {
+				calls.Add(1)
+				reloadsAtStale.Store(int32(a.count()))
+			}})
+			r.NotifyStart()
+			if stale {
+				waitFor(t, "the start-up reload", func() bool { return a.count() == 1 })
+				if calls.Load() != 1 || reloadsAtStale.Load() != 0 {
+					t.Errorf("OnStale called %d times, after %d reloads; want once, before the reload", calls.Load(), reloadsAtStale.Load())
+				}
+				return
+			}
+			// The check has begun; a change's reload comes after it.
+			waitFor(t, "the start-up check", a.called.Load)
+			r.Notify()
+			waitFor(t, "the change's reload", func() bool { return a.count() == 1 })
+			if calls.Load() != 0 {
+				t.Errorf("OnStale called %d times for an app that has the content; want 0", calls.Load())
 			}
 		})
 	}

@@ -54,6 +54,9 @@ func (r *Runner) startup(ctx context.Context) bool {
 	if len(stale) == 0 {
 		return false
 	}
+	if r.opts.OnStale != nil {
+		r.opts.OnStale()
+	}
 	pids := make([]int, 0, len(stale))
 	for _, p := range stale {
 		pids = append(pids, p.PID)

@@ -171,7 +171,7 @@ func TestLoadedInfoIsTheDataTarget(t *testing.T) {
 	}
 	m := metrics.New("test")
 	startWatcher(t, Options{Dirs: []string{dir}, Metrics: m})
-	want := `k8secrets_agent_loaded_info{path="` + dir + `",version="` + filepath.Base(target) + `"} 1`
+	want := `k8secrets_agent_loaded_info{path="` + dir + `",version="` + filepath.Base(target) + `",content_id=""} 1`
 	if out := exposition(m); !strings.Contains(out, want) {
 		t.Errorf("exposition lacks %q:\n%s", want, out)
 	}

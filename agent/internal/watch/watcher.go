@@ -27,6 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/k8secrets/k8secrets/agent/internal/metrics"
+	"github.com/k8secrets/k8secrets/internal/contentid"
 )
 
 // heartbeat is how often the event loop proves it is alive; Alive reports
@@ -59,6 +60,10 @@ type Options struct {
 	// after the first reading of every directory: the reloader then checks
 	// whether the content is newer than the app (see Changed).
 	OnBaseline func()
+
+	// Key, when a valid contentid key, names each content in Status and
+	// in the loaded_info metric (contentid.Of); otherwise those ids are "".
+	Key string
 }
 
 type dirState struct {
@@ -88,6 +93,8 @@ type dirState struct {
 
 	// changed is when the current content appeared (see Changed).
 	changed time.Time
+
+	st status // what Status reports (status.go)
 }
 
 // Watcher watches Options.Dirs. Create it with New and start it with Run.
@@ -112,6 +119,9 @@ func New(opts Options) *Watcher {
 	}
 	if opts.OnChange == nil {
 		opts.OnChange = func(string) {}
+	}
+	if _, err := contentid.Of(opts.Key, nil); err != nil {
+		opts.Key = ""
 	}
 	w := &Watcher{opts: opts, log: opts.Logger, watches: map[string]uint64{}}
 	for _, d := range opts.Dirs {
@@ -151,9 +161,11 @@ func (w *Watcher) Invalid() error {
 			valid++
 		}
 	}
+	now := time.Now()
 	for _, d := range w.dirs {
 		if d.dirty && d.invalid != nil {
 			d.owed = true
+			d.st.at = now
 		}
 		d.dirty = false
 	}
@@ -163,7 +175,7 @@ func (w *Watcher) Invalid() error {
 	}
 	for _, d := range w.dirs {
 		if d.invalid == nil {
-			d.gated = d.version
+			d.gated, d.st.gated = d.version, d.digest
 		}
 	}
 	if len(errs) > 0 {
@@ -184,6 +196,7 @@ func (w *Watcher) Current() error {
 	for _, d := range w.dirs {
 		if d.invalid != nil {
 			d.owed = true
+			d.st.at = time.Now()
 			errs = append(errs, fmt.Errorf("%s: %w", d.path, d.invalid))
 		}
 	}
@@ -192,7 +205,7 @@ func (w *Watcher) Current() error {
 		return errors.Join(errs...)
 	}
 	for _, d := range w.dirs {
-		d.gated = d.version
+		d.gated, d.st.gated = d.version, d.digest
 	}
 	return nil
 }
@@ -202,9 +215,10 @@ func (w *Watcher) Current() error {
 func (w *Watcher) Reloaded() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	now := time.Now()
 	for _, d := range w.dirs {
 		if d.gated != "" {
-			w.opts.Metrics.Loaded(d.path, d.gated)
+			w.loaded(d, now)
 		}
 	}
 }
@@ -411,17 +425,21 @@ func (w *Watcher) scan(d *dirState, reason string) {
 	if first {
 		// What the app read at its start.
 		d.gated = d.version
-		w.opts.Metrics.Loaded(d.path, d.version)
+		w.baseline(d, snap.Files)
 	} else {
-		// Notify first: the reload need not wait for metrics and logs.
+		// Notify first: the reload need not wait for metrics and logs
+		// (nor for the keyed id of the content, hashed below).
 		w.notify(d)
+		w.seen(d, snap.Files)
 	}
 	w.mu.Unlock()
 	if !first {
 		// The reloader's goroutine, readied by notify, waits in this
 		// goroutine's scheduler slot until this one blocks: yield, so
-		// that it runs now rather than after the log line's write.
+		// that it runs now rather than after the hashing and the log
+		// line's write.
 		runtime.Gosched()
+		w.hashed(d, snap.Digest, snap.Files)
 	}
 
 	w.opts.Metrics.WatchedFiles(d.path, len(snap.Files))
