@@ -48,7 +48,9 @@ func TestEnvContainers(t *testing.T) {
 			t.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "db-creds"}}}}
 			t.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "X", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "db-creds"}, Key: "x"}}}}
 		}}, nil},
-		{"a plain value", []podOpt{func(t *corev1.PodTemplateSpec) { t.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "db-creds", Value: "db-creds"}} }}, nil},
+		{"a plain value", []podOpt{func(t *corev1.PodTemplateSpec) {
+			t.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "db-creds", Value: "db-creds"}}
+		}}, nil},
 		{"an agent container", []podOpt{withContainer("k8secrets-agent-db-creds"), withEnvFrom("k8secrets-agent-db-creds", "db-creds")}, nil},
 	}
 	for _, tt := range tests {
