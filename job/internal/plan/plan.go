@@ -30,7 +30,7 @@ var ErrConflict = errors.New("conflict")
 type Options struct {
 	Secret     string
 	MountPath  string
-	Containers []string // empty: every app container
+	Containers []string // empty: every app container, or (env.go) none where some take the Secret through env
 	Agent      bool
 	AgentImage string
 	Reload     string // the agent's reload spec: restart, signal:NAME, http:URL, exec:CMD
