@@ -261,6 +261,12 @@ func envRestartedInPlace(t *testing.T, how string) {
 	}
 	rw.mu.Lock()
 	allDown, notReady := rw.allDown, fmt.Sprint(rw.notReady)
+	for _, b := range before {
+		// The watch must have seen each restart, or it proves nothing.
+		if rw.notReady[b.Name] == 0 {
+			t.Errorf("the pod watch never saw pod %s not Ready; it missed its restart", b.Name)
+		}
+	}
 	rw.mu.Unlock()
 	t.Logf("NotReady observations per pod during the refresh: %s", notReady)
 	if len(allDown) > 0 {
