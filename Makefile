@@ -35,8 +35,11 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: build
-build: ## Build static binaries of the Job, the agent and the demo app into bin/.
+build: ## Build static binaries of the Job (also as kubectl-k8secrets), the agent and the demo app into bin/.
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-job ./job
+	# The same binary is the kubectl plugin (kubectl k8secrets) and its completion helper.
+	ln -f $(BIN)/k8secrets-job $(BIN)/kubectl-k8secrets
+	ln -f $(BIN)/k8secrets-job $(BIN)/kubectl_complete-k8secrets
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) $(AGENT_TAGS) -o $(BIN)/k8secrets-agent ./agent
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/k8secrets-demo ./demo
 

@@ -170,7 +170,7 @@ func buildActions(cfg config.Config, exit func(error), changed func() time.Time,
 	if err != nil {
 		return nil, err
 	}
-	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile, Dirs: cfg.Watch, Changed: changed}
+	target := reload.Target{Name: cfg.Process, PIDFile: cfg.PIDFile, Dirs: cfg.Watch, Marks: cfg.TargetMount, Changed: changed}
 	var actions []reload.Action
 	for _, spec := range cfg.Reload {
 		r, err := reloadspec.Parse(spec)

@@ -30,6 +30,10 @@ type state struct {
 	Started time.Time `json:"started"`
 	Loaded  time.Time `json:"loaded"`
 	PID     int       `json:"pid"`
+	// EnvVersion is the environment variable --env-version names, read
+	// once at start: for an app that takes the (non-secret) version key
+	// of its Secret through env.
+	EnvVersion string `json:"envVersion,omitempty"`
 }
 
 // load reads every file of the Secret volume (the kubelet's user-visible
@@ -74,6 +78,7 @@ func main() {
 	listen := flag.String("listen", ":8080", "address to serve on")
 	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address, with tls.crt and tls.key of --tls-dir (read at start)")
 	tlsDir := flag.String("tls-dir", "", "directory of the HTTPS certificate and key")
+	envVersion := flag.String("env-version", "", "serve this environment variable's value, read at start, as envVersion (the Secret's non-secret version key, taken through env)")
 	probe := flag.Bool("probe", false, "be an exec probe: GET /healthz of the app serving on --listen, exit 0 if it answers 200")
 	flag.Parse()
 	if *probe {
@@ -82,6 +87,9 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 
 	s := &state{dir: *dir, Started: time.Now(), PID: os.Getpid()}
+	if *envVersion != "" {
+		s.EnvVersion = os.Getenv(*envVersion)
+	}
 	if err := s.load(); err != nil {
 		log.Error("load secret", "dir", *dir, "error", err)
 		os.Exit(1)

@@ -33,7 +33,10 @@ func mainE() int {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 
-	cfg, err := config.Parse(os.Args[1:], os.LookupEnv, os.Stdout)
+	// The same binary is the kubectl plugin `kubectl k8secrets` when
+	// installed as kubectl-k8secrets.
+	name, args := config.Invoked(os.Args)
+	cfg, err := config.ParseAs(name, args, os.LookupEnv, os.Stdout)
 	if errors.Is(err, config.ErrHelp) {
 		return 0
 	}
@@ -52,7 +55,7 @@ func mainE() int {
 	// client-go's default 5 QPS would make the dry-run of a thousand
 	// workloads take 200 s; the API server's priority and fairness is what
 	// should bound a well-behaved client, not a client-side throttle.
-	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, UserAgent: "k8secrets-job", QPS: 100, Burst: 200})
+	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, Cluster: cfg.Cluster, User: cfg.User, UserAgent: "k8secrets-job", QPS: 100, Burst: 200})
 	if err != nil {
 		log.Error(err.Error())
 		return 1

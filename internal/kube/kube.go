@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/klog/v2"
 
 	"github.com/k8secrets/k8secrets/internal/version"
@@ -19,6 +20,10 @@ import (
 type Options struct {
 	Kubeconfig string
 	Context    string
+	// Cluster and User override the context's, as kubectl's --cluster
+	// and --user.
+	Cluster string
+	User    string
 	// UserAgent names the program in the API server's audit log.
 	UserAgent string
 	// QPS and Burst bound client-side throttling; zero keeps client-go's
@@ -35,7 +40,7 @@ func Config(o Options) (*rest.Config, string, error) {
 		rules.ExplicitPath = o.Kubeconfig
 	}
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: o.Context})
+		&clientcmd.ConfigOverrides{CurrentContext: o.Context, Context: clientcmdapi.Context{Cluster: o.Cluster, AuthInfo: o.User}})
 	cfg, err := cc.ClientConfig()
 	if err != nil {
 		return nil, "", fmt.Errorf("load kubeconfig: %w; pass --kubeconfig or set KUBECONFIG, or run in a pod with a service account", err)

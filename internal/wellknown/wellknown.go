@@ -62,4 +62,13 @@ const (
 	AgentStateDir = "/var/run/k8secrets-agent/state"
 	// StateVolumeSuffix: VolumePrefix + ID + StateVolumeSuffix names it.
 	StateVolumeSuffix = "-state"
+
+	// TargetMountDir + "/" + ID is where an injection's target marker, an
+	// empty memory-backed emptyDir (a tmpfs of its own), is mounted
+	// read-only into the agent and into the app containers that take the
+	// Secret through env (and so do not mount it): the agent restarts the
+	// containers that hold that mount (--target-mount), and only those.
+	TargetMountDir = "/var/run/k8secrets-target"
+	// TargetVolumeSuffix: VolumePrefix + ID + TargetVolumeSuffix names it.
+	TargetVolumeSuffix = "-target"
 )

@@ -41,6 +41,7 @@ type Config struct {
 	Reload           []string
 	Process          string
 	PIDFile          string
+	TargetMount      []string
 	StateDir         string
 	HTTPMethod       string
 	HTTPSuccessCodes string
@@ -118,7 +119,9 @@ Target processes (signal and restart):
   --pidfile PATH  the process whose PID is in PATH
   neither         the main process of each container that mounts a watched
                   directory's volume (the same filesystem and subtree, at any
-                  path), found in /proc/PID/mountinfo through the pod's shared
+                  path; with --target-mount DIR, DIR's volume instead: the
+                  Job's marker for apps that take the Secret through env),
+                  found in /proc/PID/mountinfo through the pod's shared
                   PID namespace (shareProcessNamespace: true): per container
                   the first process started whose parent PID is 0.
                   Containers that do not mount it (a mesh proxy, a debug
@@ -149,6 +152,7 @@ func newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.StringArray("reload", nil, "how to reload: signal:NAME, restart, http:URL or exec:COMMAND (repeatable)")
 	fs.String("process", "", "target the processes named NAME (comm or executable base name)")
 	fs.String("pidfile", "", "target the process whose PID is in this file")
+	fs.StringArray("target-mount", nil, "target the containers that mount the volume the agent sees at this directory (repeatable; default: the --watch directories' volumes); the Job's marker for apps that take the Secret through env")
 	fs.String("state-dir", "", "restart-all: a writable directory that outlives the agent's restarts (an emptyDir), to restart the pod once per content and catch changes made while the agent was down")
 	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
 	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
@@ -219,6 +223,7 @@ func Load(args []string, out io.Writer) (Config, error) {
 	c.Reload = r.list("reload")
 	c.Process = v.GetString("process")
 	c.PIDFile = v.GetString("pidfile")
+	c.TargetMount = r.list("target-mount")
 	c.StateDir = v.GetString("state-dir")
 	c.HTTPMethod = v.GetString("http-method")
 	c.HTTPSuccessCodes = v.GetString("http-success-codes")
@@ -354,6 +359,14 @@ func (c Config) problems() []error {
 	}
 	if !targets && (c.Process != "" || c.PIDFile != "") {
 		add("--process/--pidfile: only used by signal: and restart reloads")
+	}
+	if len(c.TargetMount) > 0 && (!targets || c.Process != "" || c.PIDFile != "") {
+		add("--target-mount: only used by signal: and restart reloads without --process or --pidfile")
+	}
+	for _, d := range c.TargetMount {
+		if strings.TrimSpace(d) == "" {
+			add("--target-mount: empty directory")
+		}
 	}
 	if c.HTTPCAFile != "" {
 		if b, err := os.ReadFile(c.HTTPCAFile); err != nil {

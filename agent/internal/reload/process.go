@@ -39,6 +39,11 @@ type Target struct {
 	PIDFile string
 	// Dirs are the watched directories, for the default selection.
 	Dirs []string
+	// Marks, when set, replace Dirs in the default selection: directories
+	// (the Job's target marker, an emptyDir of its own) whose volume the
+	// target containers mount, for apps that take the Secret through env
+	// and do not mount it.
+	Marks []string
 	// Changed, when set, returns when the content to deliver appeared
 	// (zero if unknown). A process that certainly started after it has
 	// read that content and is spared: a second restart would be for
@@ -67,8 +72,16 @@ func (t Target) String() string {
 	case t.Name != "":
 		return "process " + t.Name
 	default:
-		return "the main process of each container that mounts " + strings.Join(t.Dirs, ", ")
+		return "the main process of each container that mounts " + strings.Join(t.marks(), ", ")
 	}
+}
+
+// marks are the directories whose volumes select the target containers.
+func (t Target) marks() []string {
+	if len(t.Marks) > 0 {
+		return t.Marks
+	}
+	return t.Dirs
 }
 
 func (t Target) proc() string {
@@ -161,8 +174,8 @@ func (t Target) Find() ([]Process, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read the agent's mounts: %w", err)
 		}
-		if vols = watchedVolumes(mounts, t.Dirs); len(vols) == 0 {
-			return nil, fmt.Errorf("%w: no mount of the agent holds %s; set --process or --pidfile", ErrNoProcess, strings.Join(t.Dirs, ", "))
+		if vols = watchedVolumes(mounts, t.marks()); len(vols) == 0 {
+			return nil, fmt.Errorf("%w: no mount of the agent holds %s; set --process or --pidfile", ErrNoProcess, strings.Join(t.marks(), ", "))
 		}
 		selfNS = holding(mounts, vols)
 	}
@@ -222,7 +235,7 @@ func (t Target) Find() ([]Process, error) {
 	out = slices.DeleteFunc(out, func(p Process) bool { return matched[p.ppid] })
 	if len(out) == 0 {
 		if t.Name == "" {
-			return nil, fmt.Errorf("%w: no other container that mounts %s has a visible process; does the pod set shareProcessNamespace: true?", ErrNoProcess, strings.Join(t.Dirs, ", "))
+			return nil, fmt.Errorf("%w: no other container that mounts %s has a visible process; does the pod set shareProcessNamespace: true?", ErrNoProcess, strings.Join(t.marks(), ", "))
 		}
 		return nil, fmt.Errorf("%w: no process named %s", ErrNoProcess, t.Name)
 	}

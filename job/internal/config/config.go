@@ -26,7 +26,8 @@ import (
 // ErrInvalid wraps every bad-input error: exit code 2.
 var ErrInvalid = errors.New("invalid input")
 
-// ErrHelp is returned when --help was asked for; the help has been printed.
+// ErrHelp is returned when --help (or a completion script, or completions)
+// was asked for; it has been printed.
 var ErrHelp = errors.New("help requested")
 
 // Commands.
@@ -48,6 +49,8 @@ type Config struct {
 
 	Kubeconfig string
 	Context    string
+	Cluster    string // kubeconfig cluster, overriding the context's
+	User       string // kubeconfig user, overriding the context's
 
 	MountPath  string // empty: DefaultMountPath(Secret)
 	Containers []string
@@ -101,12 +104,20 @@ const ExitCodes = `Exit codes:
 // optional config file. It prints help and usage to out. Bad input returns
 // an error wrapping ErrInvalid that lists every problem.
 func Parse(args []string, env func(string) (string, bool), out io.Writer) (Config, error) {
+	return ParseAs(JobName, args, env, out)
+}
+
+// ParseAs is Parse for the binary run as name (JobName or PluginName, see
+// Invoked): help and messages name it as its user typed it.
+func ParseAs(name string, args []string, env func(string) (string, bool), out io.Writer) (Config, error) {
 	var cfg Config
 	var parseErr error
+	printed := false
 	root := &cobra.Command{
-		Use:   "k8secrets-job",
-		Short: "Mount a Secret into running workloads, with a reload sidecar, safely",
-		Long: `k8secrets-job mounts an existing Secret into the Deployments, StatefulSets and
+		Use:         name,
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: displayName(name)},
+		Short:       "Mount a Secret into running workloads, with a reload sidecar, safely",
+		Long: displayName(name) + ` mounts an existing Secret into the Deployments, StatefulSets and
 DaemonSets whose running pods match a label selector, adds the k8secrets reload
 agent, checks every change with a server-side dry-run, then rolls the workloads
 out one at a time (or --max-parallel at once) and rolls back what fails.
@@ -124,14 +135,22 @@ value that does not parse is exit 2, naming the variable or key.
 	}
 	root.SetOut(out)
 	root.SetErr(out)
+	if completing(args) {
+		// Completions go to out, ending with cobra's ":directive" line,
+		// which kubectl reads as the last one: cobra's debug notes must
+		// not follow it.
+		root.SetErr(io.Discard)
+	}
 	root.SetArgs(args)
 	root.SetGlobalNormalizationFunc(normalize)
-	root.CompletionOptions.DisableDefaultCmd = true
+	root.CompletionOptions.DisableDefaultCmd = true // ours: addCompletion
 
 	pf := root.PersistentFlags()
 	pf.StringP("namespace", "n", "", "namespace of the Secret and the workloads (default: the context's, or the pod's when run in a cluster)")
 	pf.String("kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
 	pf.String("context", "", "kubeconfig context to use")
+	pf.String("cluster", "", "kubeconfig cluster to use (default: the context's)")
+	pf.String("user", "", "kubeconfig user to use (default: the context's)")
 	pf.StringP("output", "o", "text", "report format: text or json")
 	pf.String("log-format", "text", "log format: text or json")
 	pf.String("config", "", "optional config file")
@@ -194,11 +213,17 @@ value that does not parse is exit 2, naming the variable or key.
 		return nil
 	}
 
+	addCompletion(root, func() { printed = true })
+	addExamples(root, displayName(name))
+
 	if err := root.Execute(); err != nil {
-		return Config{}, fmt.Errorf("%w: %v; see k8secrets-job --help", ErrInvalid, err)
+		return Config{}, fmt.Errorf("%w: %v; see %s --help", ErrInvalid, err, displayName(name))
 	}
 	if parseErr != nil {
 		return Config{}, parseErr
+	}
+	if printed || completing(args) {
+		return Config{}, ErrHelp
 	}
 	if cfg.Command == "" { // cobra printed the help: asked for, or no command given
 		for _, a := range args {
@@ -239,6 +264,8 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		Namespace:   v.GetString("namespace"),
 		Kubeconfig:  v.GetString("kubeconfig"),
 		Context:     v.GetString("context"),
+		Cluster:     v.GetString("cluster"),
+		User:        v.GetString("user"),
 		MountPath:   v.GetString("mount-path"),
 		Containers:  v.GetStringSlice("container"),
 		Agent:       v.GetBool("agent") && !v.GetBool("no-agent"),

@@ -30,7 +30,7 @@ var ErrConflict = errors.New("conflict")
 type Options struct {
 	Secret     string
 	MountPath  string
-	Containers []string // empty: every app container
+	Containers []string // empty: every app container, or (env.go) none where some take the Secret through env
 	Agent      bool
 	AgentImage string
 	Reload     string // the agent's reload spec: restart, signal:NAME, http:URL, exec:CMD
@@ -115,6 +115,13 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 	if o.Agent && reloadMode(o.Reload) == "restart-all" && !(o.NativeSidecar && o.RestartAllContainers) {
 		return Change{}, fmt.Errorf("%w: %s: --reload restart-all needs container restart rules with the RestartAllContainers action (Kubernetes 1.36 or later), which this API server does not offer; use --reload restart", ErrConflict, w)
 	}
+	env := envTargets(tmpl, o) // see env.go
+	if len(env) > 0 {
+		if err := checkEnv(w, tmpl, o, env); err != nil {
+			return Change{}, err
+		}
+		containers = nil // the Secret is mounted into the agent only
+	}
 	if err := checkConflicts(w, tmpl, vol, o, containers); err != nil {
 		return Change{}, err
 	}
@@ -128,8 +135,15 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 		spec.WithContainers(corev1ac.Container().WithName(c).WithVolumeMounts(mount()))
 	}
 	if o.Agent {
-		agent, notes := agentContainer(tmpl, id, o, containers, mount())
+		targets := containers
+		if len(env) > 0 {
+			targets = env
+		}
+		agent, notes := agentContainer(tmpl, id, o, targets, mount())
 		ch.Notes = append(ch.Notes, notes...)
+		if len(env) > 0 {
+			ch.Notes = append(ch.Notes, withEnvTargets(spec, agent, id, o.Secret, o.Reload, env)...)
+		}
 		if reloadMode(o.Reload) == "restart-all" {
 			withRestartAll(spec, agent, id)
 			ch.Check = keepsRestartRule(id)
