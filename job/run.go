@@ -483,8 +483,8 @@ func hint(err error) error {
 
 // diff renders the change of a pod template as a unified diff of its YAML.
 func diff(before, after *corev1.PodTemplateSpec) string {
-	a, _ := yaml.Marshal(before)
-	b, _ := yaml.Marshal(after)
+	a, _ := yaml.Marshal(plan.Redacted(before))
+	b, _ := yaml.Marshal(plan.Redacted(after))
 	out, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
 		A: difflib.SplitLines(string(a)), B: difflib.SplitLines(string(b)),
 		FromFile: "current", ToFile: "planned", Context: 2,
