@@ -90,10 +90,12 @@ func (s *suite) demoApp(secret string) func(*appsv1.Deployment) {
 }
 
 // withOldInjection gives the Deployment, by hand, what an injection of
-// secret by a k8secrets-job older than content keys wrote: the volume, the
-// mount and the agent, with no content key.
+// secret by a k8secrets-job older than content keys wrote: the marks, the
+// volume, the mount and the agent, with no content key.
 func (s *suite) withOldInjection(secret string) func(*appsv1.Deployment) {
 	return func(d *appsv1.Deployment) {
+		d.Labels = map[string]string{"k8secrets.io/injected": "true"}
+		d.Spec.Template.Annotations = map[string]string{"k8secrets.io/secret-" + secret: secret, "k8secrets.io/hash-" + secret: "0123456789abcdef"}
 		spec := &d.Spec.Template.Spec
 		vol, path := "k8secrets-"+secret, mountDir+"/"+secret
 		spec.Volumes = append(spec.Volumes, corev1.Volume{Name: vol, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: secret}}})
@@ -211,6 +213,7 @@ func TestVerifyStatusPerPodAndFailingReload(t *testing.T) {
 	if r.code != 9 || !strings.Contains(r.stderr, bad+" (failed: reload failed") || !strings.Contains(r.stderr, "via proxy") {
 		t.Errorf("refresh --wait with one failing reload: %s\nwant exit 9 naming pod %s (failed) and the way (proxy)", r, bad)
 	}
+	t.Logf("refresh --wait with one failing reload:\n%s", r)
 	for _, p := range append(webPods, oldPods...) {
 		if strings.Contains(r.stderr, p.Name+" (") {
 			t.Errorf("refresh --wait named pod %s as not current:\n%s", p.Name, r.stderr)

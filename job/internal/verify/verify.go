@@ -209,7 +209,11 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options) (Report, 
 			if lastErr != nil {
 				return last, fmt.Errorf("%w (via %s): %v", ErrNotVerified, c.via, lastErr)
 			}
-			return last, fmt.Errorf("%w: %d of %d pods current via %s; %s", ErrNotVerified, last.Current, last.Total, last.Via, last.Pending(10))
+			unknown := ""
+			if n := last.count(Unknown); n > 0 {
+				unknown = fmt.Sprintf(" (%d unknown)", n)
+			}
+			return last, fmt.Errorf("%w: %d of %d pods current%s via %s; %s", ErrNotVerified, last.Current, last.Total, unknown, last.Via, last.Pending(10))
 		case <-t.C:
 		}
 		delay = min(delay*3/2, 2*time.Second)
