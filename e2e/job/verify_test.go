@@ -115,19 +115,26 @@ func (s *suite) withOldInjection(secret string) func(*appsv1.Deployment) {
 // appVersion is the version the demo app in pod serves (GET / through the
 // pod proxy): what it has loaded.
 func (s *suite) appVersion(ctx context.Context, ns, pod string) (string, error) {
+	v, _, err := s.appLoaded(ctx, ns, pod)
+	return v, err
+}
+
+// appLoaded is the version the demo app in pod serves, and when it loaded it.
+func (s *suite) appLoaded(ctx context.Context, ns, pod string) (string, time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	body, err := s.Client.CoreV1().Pods(ns).ProxyGet("http", pod, "8080", "/", nil).DoRaw(ctx)
 	if err != nil {
-		return "", fmt.Errorf("GET / of the app in pod %s/%s: %w", ns, pod, err)
+		return "", time.Time{}, fmt.Errorf("GET / of the app in pod %s/%s: %w", ns, pod, err)
 	}
 	var st struct {
-		Version string `json:"version"`
+		Version string    `json:"version"`
+		Loaded  time.Time `json:"loaded"`
 	}
 	if err := json.Unmarshal(body, &st); err != nil {
-		return "", fmt.Errorf("GET / of the app in pod %s/%s: %w", ns, pod, err)
+		return "", time.Time{}, fmt.Errorf("GET / of the app in pod %s/%s: %w", ns, pod, err)
 	}
-	return st.Version, nil
+	return st.Version, st.Loaded, nil
 }
 
 // contentKey is the content key of the Deployment's agent for secret, as
@@ -259,8 +266,10 @@ func TestVerifyStatusPerPodAndFailingReload(t *testing.T) {
 }
 
 // refresh --wait (the default) exits 0 only once every pod has loaded the
-// new content: read right after it exits, with no polling, every app serves
-// the new version.
+// new content: every app serves the new version, loaded before the Job
+// exited. The agents reload by HTTP, which the demo app answers once it has
+// reloaded, so an agent's "loaded" follows the app's own; the app's clock
+// is this machine's (kind's node is a container here).
 func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
 	s := setup(t)
 	ctx := testContext(t, 10*time.Minute)
@@ -269,7 +278,7 @@ func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
 	const secret = "app-creds"
 	secrets := [][]byte{s.verifySecret(ctx, t, ns, secret, "v1")}
 	s.deployment(ctx, t, ns, "web", "web", 3, s.demoApp(secret))
-	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "signal:SIGHUP"); r.code != 0 {
+	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "http:http://127.0.0.1:8080/-/reload"); r.code != 0 {
 		t.Fatalf("inject: %s", r)
 	}
 	pods := s.settledPods(ctx, t, ns, "app=web", 3, secret, true)
@@ -277,13 +286,14 @@ func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
 
 	start := time.Now()
 	r := s.job(ctx, t, "", ns, secrets, "refresh", "--secret", secret, "-o", "json")
-	took := time.Since(start)
+	exited := time.Now()
+	took := exited.Sub(start)
 	if r.code != 0 {
 		t.Fatalf("refresh --wait: %s", r)
 	}
 	for _, p := range pods {
-		if v, err := s.appVersion(ctx, ns, p.Name); err != nil || v != "v2" {
-			t.Errorf("right after refresh --wait exited 0, pod %s's app serves %q (%v); want v2", p.Name, v, err)
+		if v, at, err := s.appLoaded(ctx, ns, p.Name); err != nil || v != "v2" || !at.Before(exited) {
+			t.Errorf("refresh --wait exited 0 at %s; pod %s's app serves %q, loaded at %s (%v); want v2, loaded before", exited.Format(time.RFC3339Nano), p.Name, v, at.Format(time.RFC3339Nano), err)
 		}
 	}
 	rep := parseReport(t, r)
