@@ -19,9 +19,12 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/k8secrets/k8secrets/e2e/framework"
 )
@@ -301,4 +304,90 @@ func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
 		t.Errorf("refresh --wait report: %+v; want 3 of 3 current via proxy\n%s", v, r.stdout)
 	}
 	t.Logf("refresh --wait: all 3 pods verified in %s", took.Round(time.Millisecond))
+}
+
+// In a cluster, refresh --wait reaches the agents directly (pod IP and
+// port): run as a Kubernetes Job under the refresh Role and a Role that
+// reads the Secret by name, with no pods/proxy, it exits 0 saying "via
+// direct", and every app serves the new version.
+func TestVerifyInClusterDirect(t *testing.T) {
+	s := setup(t)
+	ctx := testContext(t, 10*time.Minute)
+	s.verifySetup(ctx, t)
+	ns := s.Namespace(t)
+	const secret = "app-creds"
+	secrets := [][]byte{s.verifySecret(ctx, t, ns, secret, "v1")}
+	s.deployment(ctx, t, ns, "web", "web", 2, s.demoApp(secret))
+	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "http:http://127.0.0.1:8080/-/reload"); r.code != 0 {
+		t.Fatalf("inject: %s", r)
+	}
+	pods := s.settledPods(ctx, t, ns, "app=web", 2, secret, true)
+	secrets = append(secrets, s.contentKey(ctx, t, ns, "web", secret))
+
+	const sa = "ci-pipeline"
+	if _, err := s.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.kubectlRun(ctx, t, ns, "apply", "-f", "../../manifests/refresh/role.yaml")
+	if _, err := s.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "read-app-creds"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}, ResourceNames: []string{secret}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"k8secrets-refresh", "read-app-creds"} {
+		if _, err := s.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: role},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secrets = append(secrets, s.updateVerifySecret(ctx, t, ns, secret, "v2"))
+
+	const name = "verify-refresh"
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: batchv1.JobSpec{
+		BackoffLimit: ptrTo(int32(0)),
+		Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+			ServiceAccountName: sa, RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{Name: "job", Image: s.jobImage(), ImagePullPolicy: corev1.PullIfNotPresent,
+				Args: []string{"refresh", "--secret", secret, "--timeout", "2m"},
+				SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptrTo(true), AllowPrivilegeEscalation: ptrTo(false),
+					ReadOnlyRootFilesystem: ptrTo(true), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
+		}},
+	}}
+	if _, err := s.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var term *corev1.ContainerStateTerminated
+	var pod string
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+		ps, err := s.Pods(ctx, ns, "batch.kubernetes.io/job-name="+name)
+		if err != nil || len(ps) == 0 {
+			return false, nil
+		}
+		for _, cs := range ps[0].Status.ContainerStatuses {
+			if cs.State.Terminated != nil {
+				term, pod = cs.State.Terminated, ps[0].Name
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the refresh Job did not finish: %v\n%s", err, s.podStates(ns, "batch.kubernetes.io/job-name="+name))
+	}
+	logs, err := s.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: "job"}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if framework.Leaked(logs, secrets...) {
+		t.Fatal("the Job's logs hold a Secret's value or the content key (withheld)")
+	}
+	if term.ExitCode != 0 || !strings.Contains(string(logs), "2/2 pods run the current content (asked via direct)") {
+		t.Errorf("refresh --wait in the cluster: exit %d; want 0 and 2/2 pods verified via direct; logs:\n%s", term.ExitCode, logs)
+	}
+	for _, p := range pods {
+		if v, err := s.appVersion(ctx, ns, p.Name); err != nil || v != "v2" {
+			t.Errorf("after refresh --wait in the cluster, pod %s's app serves %q (%v); want v2", p.Name, v, err)
+		}
+	}
+	t.Logf("refresh --wait in the cluster:\n%s", logs)
 }
