@@ -82,9 +82,17 @@ func TestAPIContentKey(t *testing.T) {
 		t.Errorf("deployment api: content key set %v, same as web's %v; want a fresh one", k != "", k == key)
 	}
 
-	// A dry-run rerun shows no key, a rerun changes nothing.
-	r = cl.job(injectArgs("app=web", "db-creds", "--dry-run", "-o", "json")...)
-	noKey(t, "dry-run rerun", r, key)
+	// A dry-run of a new intent shows the key redacted; a rerun changes
+	// nothing.
+	r = cl.job(injectArgs("app=web", "db-creds", "--dry-run", "--agent-image", "k8secrets-agent:test3")...)
+	noKey(t, "dry-run", r, key)
+	if r.code != 0 || !strings.Contains(r.out, "+    image: k8secrets-agent:test3") || !strings.Contains(r.out, "value: (redacted)") {
+		out := r.out
+		if strings.Contains(out, key) {
+			out = "(withheld: it holds the key)"
+		}
+		t.Errorf("dry-run with another agent image: exit %d (%v); want a diff with the key redacted:\n%s", r.code, r.err, out)
+	}
 	rs, gen, hash := cl.replicaSets(), d.Generation, d.Spec.Template.Annotations[plan.HashAnnotation("db-creds")]
 	r = cl.job(injectArgs("app=web", "db-creds")...)
 	if r.code != 0 || !strings.Contains(r.out, "unchanged") {
