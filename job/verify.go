@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -60,6 +61,9 @@ func (j *job) waitVerified(ctx context.Context) error {
 		v.Pods = []verify.Pod{}
 	}
 	j.report.Verification = v
+	if errors.Is(err, verify.ErrCannotVerify) {
+		err = fmt.Errorf("%w; or refresh with --wait=false, which does not verify", err)
+	}
 	if err != nil {
 		v.Error = err.Error()
 		return fmt.Errorf("refresh of secret %s/%s: %w", j.cfg.Namespace, j.cfg.Secret, err)
