@@ -571,7 +571,7 @@ func TestAPIRefreshPodGone(t *testing.T) {
 
 	settle := 90 * time.Second
 	start := time.Now()
-	r := cl.job("refresh", "--secret", "db-creds", "--settle", settle.String())
+	r := cl.job("refresh", "--secret", "db-creds", "--settle", settle.String(), "--wait=false")
 	took := time.Since(start)
 	if r.code != 0 {
 		t.Fatalf("refresh: exit %d: %v\n%s", r.code, r.err, r.logs)

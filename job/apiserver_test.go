@@ -683,7 +683,7 @@ func TestAPIRefresh(t *testing.T) {
 		return err
 	})
 
-	r := cl.jobAs(cl.ctx, asCI, "refresh", "--secret", "db-creds", "--settle", "20s")
+	r := cl.jobAs(cl.ctx, asCI, "refresh", "--secret", "db-creds", "--settle", "20s", "--wait=false")
 	if r.code != 0 {
 		t.Fatalf("refresh: exit %d: %v\n%s", r.code, r.err, r.logs)
 	}

@@ -258,7 +258,7 @@ func TestAPIRefreshRoleEnoughAndNoMore(t *testing.T) {
 			}
 			return err
 		})
-		r := cl.jobAs(cl.ctx, c, "refresh", "--secret", "db-creds", "--settle", "20s")
+		r := cl.jobAs(cl.ctx, c, "refresh", "--secret", "db-creds", "--settle", "20s", "--wait=false")
 		if r.code != 0 || strings.Count(r.out, "refreshed, restarted") != 2 {
 			return fmt.Errorf("exit %d (%v), report:\n%s", r.code, r.err, r.out)
 		}

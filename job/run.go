@@ -30,6 +30,7 @@ import (
 	"github.com/k8secrets/k8secrets/job/internal/refresh"
 	"github.com/k8secrets/k8secrets/job/internal/rollout"
 	"github.com/k8secrets/k8secrets/job/internal/secret"
+	"github.com/k8secrets/k8secrets/job/internal/verify"
 	"github.com/k8secrets/k8secrets/job/internal/workload"
 )
 
@@ -53,6 +54,8 @@ func exitCode(err error) int {
 		return 8
 	case errors.Is(err, lock.ErrHeld):
 		return 7
+	case errors.Is(err, verify.ErrNotVerified), errors.Is(err, verify.ErrCannotVerify):
+		return 9
 	}
 	return 1
 }
@@ -447,6 +450,7 @@ func (j *job) status(ctx context.Context) error {
 			j.report.Workloads = append(j.report.Workloads, e)
 		}
 	}
+	j.statusPods(ctx)
 	return nil
 }
 
@@ -470,6 +474,9 @@ func (j *job) refresh(ctx context.Context) error {
 	if err == nil && len(res) == 0 {
 		j.report.Warnings = append(j.report.Warnings, fmt.Sprintf("no running pod in %s mounts secret %s", j.cfg.Namespace, j.cfg.Secret))
 	}
+	if err == nil && j.cfg.Wait {
+		return j.waitVerified(ctx)
+	}
 	return hint(err)
 }
 
@@ -483,8 +490,8 @@ func hint(err error) error {
 
 // diff renders the change of a pod template as a unified diff of its YAML.
 func diff(before, after *corev1.PodTemplateSpec) string {
-	a, _ := yaml.Marshal(before)
-	b, _ := yaml.Marshal(after)
+	a, _ := yaml.Marshal(plan.Redacted(before))
+	b, _ := yaml.Marshal(plan.Redacted(after))
 	out, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
 		A: difflib.SplitLines(string(a)), B: difflib.SplitLines(string(b)),
 		FromFile: "current", ToFile: "planned", Context: 2,

@@ -154,7 +154,10 @@ func inject(ctx context.Context, t *testing.T, c *framework.Cluster, ns, secret,
 
 func refresh(ctx context.Context, t *testing.T, c *framework.Cluster, ns, secret string) {
 	t.Helper()
-	runJob(ctx, t, c, ns, "refresh", "--secret", secret)
+	// Without --wait: these tests watch each app themselves, some with a
+	// reload meant to fail or an agent down (e2e/job/verify_test.go proves
+	// the wait).
+	runJob(ctx, t, c, ns, "refresh", "--secret", secret, "--wait=false")
 }
 
 // randomValue is a fresh secret value; tests never print it.

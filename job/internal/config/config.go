@@ -70,6 +70,11 @@ type Config struct {
 	Settle    time.Duration
 	Output    string
 	LogFormat string
+
+	// Wait: refresh waits until every pod has loaded the current content.
+	Wait bool
+	// Via is how status and refresh reach the agents: auto, direct or proxy.
+	Via string
 }
 
 // DefaultAgentImage is the agent image of the same release as this Job.
@@ -98,7 +103,11 @@ const ExitCodes = `Exit codes:
      workloads after --timeout; nothing was changed on it
   8  a rerun found a workload unhealthy for a reason the Job did not cause
      (another manager's change, or pods lost after a finished rollout); it
-     was reported and left alone: nothing was changed`
+     was reported and left alone: nothing was changed
+  9  refresh --wait: not every pod that mounts the Secret had loaded its
+     current content within --timeout, or the Job could not verify them; the
+     message names the pods and the way it asked (direct or proxy). The pods
+     were refreshed`
 
 // Parse reads args (without the program name), the environment and the
 // optional config file. It prints help and usage to out. Bad input returns
@@ -202,10 +211,12 @@ value that does not parse is exit 2, naming the variable or key.
 	})
 	mk(Status, "List the workloads this tool injected, with Secret, hash and rollout state", func(fs *pflag.FlagSet) {
 		selection(fs, false)
+		verifyFlags(fs, false)
 	})
 	mk(Refresh, "Make the kubelets rewrite the Secret's volume in every pod that mounts it, now (run it right after updating the Secret)", func(fs *pflag.FlagSet) {
 		fs.String("secret", "", "name of the Secret (required)")
 		fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
+		verifyFlags(fs, true)
 	})
 	v := mk(Version, "Print the version", nil)
 	v.RunE = func(c *cobra.Command, _ []string) error {
@@ -276,6 +287,8 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		MaxParallel: v.GetInt("max-parallel"),
 		HealthyFor:  v.GetDuration("healthy-for"),
 		Settle:      v.GetDuration("settle"),
+		Wait:        v.GetBool("wait"),
+		Via:         v.GetString("verify-via"),
 		Output:      v.GetString("output"),
 		LogFormat:   v.GetString("log-format"),
 	}
@@ -353,6 +366,7 @@ func (c Config) Validate() error {
 	if c.Command == Refresh && c.Settle <= 0 {
 		bad("--settle %s: must be positive", c.Settle)
 	}
+	errs = append(errs, c.validateVerify()...)
 	if c.Timeout <= 0 {
 		bad("--timeout %s: must be positive", c.Timeout)
 	}

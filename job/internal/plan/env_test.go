@@ -64,6 +64,7 @@ func TestEnvContainers(t *testing.T) {
 }
 
 func TestInjectEnvGolden(t *testing.T) {
+	fixKey(t)
 	for _, tc := range []struct {
 		name string
 		w    workload.Workload

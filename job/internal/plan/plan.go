@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,7 @@ import (
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
+	"github.com/k8secrets/k8secrets/internal/contentid"
 	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/workload"
 )
@@ -134,12 +136,17 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 	for _, c := range containers {
 		spec.WithContainers(corev1ac.Container().WithName(c).WithVolumeMounts(mount()))
 	}
+	var key string
 	if o.Agent {
+		if key, err = contentKey(tmpl, id); err != nil {
+			return Change{}, fmt.Errorf("%s: content key: %w", w, err)
+		}
 		targets := containers
 		if len(env) > 0 {
 			targets = env
 		}
 		agent, notes := agentContainer(tmpl, id, o, targets, mount())
+		agent.WithEnv(corev1ac.EnvVar().WithName(contentid.KeyEnv).WithValue(key))
 		ch.Notes = append(ch.Notes, notes...)
 		if len(env) > 0 {
 			ch.Notes = append(ch.Notes, withEnvTargets(spec, agent, id, o.Secret, o.Reload, env)...)
@@ -161,7 +168,7 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 	t := corev1ac.PodTemplateSpec().
 		WithAnnotations(map[string]string{SecretAnnotation(id): o.Secret}).
 		WithSpec(spec)
-	ch.Hash = hash(t)
+	ch.Hash = hash(t, key)
 	t.WithAnnotations(map[string]string{HashAnnotation(id): ch.Hash})
 	if tmpl.Annotations[HashAnnotation(id)] == ch.Hash {
 		ch.Skip = "already injected (same injection hash " + ch.Hash + ")"
@@ -213,10 +220,17 @@ func wrap(w workload.Workload, t *corev1ac.PodTemplateSpecApplyConfiguration) an
 	panic("plan: unsupported kind " + string(w.Kind()))
 }
 
-func hash(t *corev1ac.PodTemplateSpecApplyConfiguration) string {
+// hash digests the intent t, with the content key in it replaced by a
+// placeholder: the key is state the workload keeps (read back on a rerun),
+// not intent, so the same intent has the same hash in every workload and a
+// new key never makes a change of its own.
+func hash(t *corev1ac.PodTemplateSpecApplyConfiguration, key string) string {
 	b, err := json.Marshal(t) // maps marshal in key order: stable
 	if err != nil {
 		panic(fmt.Sprintf("plan: marshal pod template: %v", err))
+	}
+	if key != "" {
+		b = bytes.ReplaceAll(b, []byte(key), []byte("CONTENT-KEY"))
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])[:16]

@@ -17,6 +17,7 @@ func restartAllOpts(o *Options) {
 }
 
 func TestInjectRestartAllGolden(t *testing.T) {
+	fixKey(t)
 	ch, err := Inject(deployment("web", withUser("app", 1000), withContainer("proxy")), opts(restartAllOpts))
 	if err != nil {
 		t.Fatalf("Inject(restart-all) = %v", err)

@@ -102,6 +102,8 @@ type Entry struct {
 	// ChangedBy names the other field managers that changed the pod
 	// template during the rollout; a rollback left their changes in place.
 	ChangedBy []string `json:"changedBy,omitempty"`
+	// Verification (status) says what the workload's pods have loaded.
+	Verification *Verification `json:"verification,omitempty"`
 }
 
 // Report is the final account of one run.
@@ -116,6 +118,9 @@ type Report struct {
 	Warnings  []string           `json:"warnings,omitempty"`
 	Error     string             `json:"error,omitempty"`
 	ExitCode  int                `json:"exitCode"`
+
+	// Verification (refresh --wait) says what the Secret's pods have loaded.
+	Verification *Verification `json:"verification,omitempty"`
 }
 
 // Write prints the report as "text" or "json".
@@ -137,6 +142,7 @@ func (r Report) Write(out io.Writer, format string) error {
 		}
 		tw.Flush()
 	}
+	writeVerifications(&b, r)
 	for _, e := range r.Workloads {
 		for _, n := range e.Notes {
 			fmt.Fprintf(&b, "note: %s %s/%s: %s\n", e.Kind, e.Namespace, e.Name, n)
