@@ -36,6 +36,8 @@ const (
 	Status  = "status"
 	Refresh = "refresh"
 	Version = "version"
+	// WatchCommand: "watch", the long-running rotation controller.
+	WatchCommand = "watch"
 )
 
 // Config is everything one run of the Job needs.
@@ -67,6 +69,8 @@ type Config struct {
 	Settle    time.Duration
 	Output    string
 	LogFormat string
+	// Watch configures the watch command.
+	Watch Watch
 }
 
 // DefaultAgentImage is the agent image of the same release as this Job.
@@ -188,6 +192,7 @@ value that does not parse is exit 2, naming the variable or key.
 		fs.String("secret", "", "name of the Secret (required)")
 		fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
 	})
+	mk(WatchCommand, "Rotate the injected Secrets with no pipeline step: on each change of their data, refresh and verify the pods (long-running; see manifests/watch)", watchFlags)
 	v := mk(Version, "Print the version", nil)
 	v.RunE = func(c *cobra.Command, _ []string) error {
 		cfg = Config{Command: Version}
@@ -206,7 +211,7 @@ value that does not parse is exit 2, naming the variable or key.
 				return Config{}, ErrHelp
 			}
 		}
-		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status, refresh or version", ErrInvalid)
+		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status, refresh, watch or version", ErrInvalid)
 	}
 	return cfg, nil
 }
@@ -251,6 +256,9 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		Settle:      v.GetDuration("settle"),
 		Output:      v.GetString("output"),
 		LogFormat:   v.GetString("log-format"),
+	}
+	if command == WatchCommand {
+		cfg.Namespace, cfg.Watch = "", loadWatch(v)
 	}
 	if cfg.MountPath == "" && cfg.Secret != "" {
 		cfg.MountPath = DefaultMountPath(cfg.Secret)
@@ -323,6 +331,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateWatch()...)
 	if c.Command == Refresh && c.Settle <= 0 {
 		bad("--settle %s: must be positive", c.Settle)
 	}
