@@ -29,7 +29,7 @@ type Watch struct {
 // replaces the other commands' single --namespace.
 func watchFlags(fs *pflag.FlagSet) {
 	fs.StringSliceP("namespace", "n", nil, "namespace(s) to watch: repeatable or a comma list (default: the context's, or the pod's when run in a cluster)")
-	fs.BoolP("all-namespaces", "A", false, "watch every namespace (needs the ClusterRole of manifests/watch/cluster)")
+	fs.BoolP("all-namespaces", "A", false, "watch every namespace (needs the ClusterRole of manifests/watch-cluster)")
 	fs.Duration("min-interval", 10*time.Second, "at most one rotation per workload this often; changes in between are folded into the next (the last content wins)")
 	fs.Int("breaker-changes", 10, "circuit breaker: more than this many changes of one Secret's data within --breaker-window suspend its rotations")
 	fs.Duration("breaker-window", 5*time.Minute, "circuit breaker window; a suspended Secret resumes after being quiet this long, or when its k8secrets.io/resume annotation changes")
