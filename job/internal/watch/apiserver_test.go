@@ -246,7 +246,9 @@ func (f *fx) start(id string, client kubernetes.Interface, mod func(*Options)) *
 	}
 	ctx, cancel := context.WithCancel(f.ctx)
 	r.cancel = cancel
-	go func() { r.done <- Run(ctx, client, Election{Namespace: f.ns, Name: "k8secrets-watch", Identity: id}, "", o) }()
+	go func() {
+		r.done <- Run(ctx, client, Election{Namespace: f.ns, Name: "k8secrets-watch", Identity: id}, "", o)
+	}()
 	f.t.Cleanup(func() {
 		cancel()
 		<-r.done
