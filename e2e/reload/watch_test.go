@@ -304,14 +304,14 @@ func TestWatchRotatesSignalAndRestart(t *testing.T) {
 // every pod ends with the last content.
 func TestWatchBreakerTripsOnFlappingSecret(t *testing.T) {
 	c, ctx, ns := begin(t, 10*time.Minute)
-	before := injectedWeb(ctx, t, c, ns, "flap", corev1.SecretTypeOpaque, opaque("v0"), 2, "signal:SIGHUP")
+	before := injectedWeb(ctx, t, c, ns, "flap", corev1.SecretTypeOpaque, opaque("v1"), 2, "signal:SIGHUP")
 	deployWatch(ctx, t, c, ns)
 	until(ctx, t, "the watch's baseline", time.Minute, func() (bool, string) {
 		return recordedOn(ctx, c, ns, "web") != "", "no rotated- annotation on web yet"
 	})
 	follow := followPods(ctx, t, c, ns, "web")
 	const flaps = 20
-	for i := 1; i <= flaps; i++ {
+	for i := 2; i <= flaps+1; i++ {
 		updateSecret(ctx, t, c, ns, "flap", opaque(fmt.Sprintf("v%d", i)))
 		time.Sleep(time.Second)
 	}
@@ -346,7 +346,7 @@ func TestWatchBreakerTripsOnFlappingSecret(t *testing.T) {
 	if _, err := c.Client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	last := fmt.Sprintf("v%d", flaps)
+	last := fmt.Sprintf("v%d", flaps+1)
 	for _, b := range before {
 		if _, err := waitApp(ctx, c, ns, b.pod.Name, 30*time.Second, "version "+last, version(last)); err != nil {
 			t.Error(err)
