@@ -34,11 +34,16 @@ func (j *job) watch(ctx context.Context) error {
 		// Verify: nil selects the interim check (refresh annotation seen,
 		// pod Ready). LEAD: wire verify.Wait here when the branches merge:
 		//   Verify: func(ctx context.Context, ns, secret string) (int, int, []string, error) {
-		//     r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: "direct", Log: j.log})
+		//     r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: "auto", Log: j.log})
+		//     if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		//       err = nil // --verify-timeout: the stale pods below say which
+		//     }
 		//     var stale []string
-		//     for _, p := range r.Pods { if p.State != "current" { stale = append(stale, p.Name+" ("+p.State+")") } }
+		//     for _, p := range r.Pods { if p.State != "current" { stale = append(stale, p.Name+" ("+p.State+": "+p.Reason+")") } }
 		//     return r.Current, r.Total, stale, err
 		//   },
+		// and, in job/internal/watch/controller.go, verifiedBy's wording
+		// holds then; delete interim.go and its use in New.
 		Instance: identity,
 		Log:      j.log,
 	})

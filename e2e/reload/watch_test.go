@@ -254,11 +254,12 @@ func TestWatchRotatesSignalAndRestart(t *testing.T) {
 	start := time.Now()
 	updateSecret(ctx, t, c, ns, "sig-secret", opaque("v2"))
 	updateSecret(ctx, t, c, ns, "rst-secret", opaque("v2"))
-	// The kubelet alone takes 38 s or more here; the watch, seconds.
+	// The kubelet alone takes up to 90 s here (p50 38 s); the watch, about a
+	// second. Without the watch the Events below never come.
 	checkReloadedInPlace(ctx, t, c, ns, "v2", sigPods)
 	t.Logf("signal: every app serves v2 %.1fs after the update", time.Since(start).Seconds())
-	if d := time.Since(start); d > 25*time.Second {
-		t.Errorf("signal apps took %s to serve v2; the watch should deliver within seconds (the kubelet's own sync takes 38 s or more)", d.Round(time.Millisecond))
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("signal apps took %s to serve v2; the watch should deliver within seconds (the kubelet's own sync: up to 90 s, p50 38 s)", d.Round(time.Millisecond))
 	}
 	for _, b := range rstPods {
 		if _, err := waitApp(ctx, c, ns, b.pod.Name, 3*time.Minute, "version v2", version("v2")); err != nil {
