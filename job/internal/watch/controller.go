@@ -181,7 +181,8 @@ func (c *Controller) Run(ctx context.Context, synced func()) error {
 	deps := map[string]appsv1Listers{}
 	for _, ns := range c.o.Namespaces {
 		f := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithNamespace(ns),
-			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }),
+			informers.WithTransform(stripManagedFields))
 		apps := f.Apps().V1()
 		h := cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { c.workloadChanged(obj) },
@@ -241,8 +242,14 @@ type appsv1Listers struct {
 	ds appslisters.DaemonSetLister
 }
 
+// maxParallel bounds the workloads synced at once: a start with a thousand
+// injected workloads records their baselines in a steady stream rather than
+// a thousand concurrent requests (and their memory), and a Secret mounted by
+// a hundred signal-mode Deployments is still rotated in a few waves.
+const maxParallel = 16
+
 // loop runs the workloads that are due, each in its own goroutine and never
-// two rotations of one workload at once.
+// two rotations of one workload at once, at most maxParallel at a time.
 func (c *Controller) loop(ctx context.Context) {
 	for {
 		now := c.clock.Now()
@@ -251,6 +258,9 @@ func (c *Controller) loop(ctx context.Context) {
 		for k, at := range c.due {
 			if c.running[k] {
 				continue
+			}
+			if !at.After(now) && len(c.running) >= maxParallel {
+				continue // the next to finish pokes the loop
 			}
 			if !at.After(now) {
 				delete(c.due, k)
@@ -432,6 +442,7 @@ func (c *Controller) watchSecret(ns, name string) *secretWatch {
 	store, ctl := cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: lw,
 		ObjectType:    &corev1.Secret{},
+		Transform:     stripManagedFields,
 		Handler: cache.ResourceEventHandlerFuncs{
 			AddFunc: func(obj any) { c.secretChanged(key, nil, obj.(*corev1.Secret)) },
 			UpdateFunc: func(old, obj any) {
@@ -476,6 +487,15 @@ func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	for _, w := range ws {
 		c.enqueue(w, now)
 	}
+}
+
+// stripManagedFields drops what the watch never reads from the objects its
+// informers keep: managedFields are often the largest part of a workload.
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 func sameData(a, b *corev1.Secret) bool {
