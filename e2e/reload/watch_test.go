@@ -279,6 +279,17 @@ func TestWatchRotatesSignalAndRestart(t *testing.T) {
 			t.Errorf("%s events on %s; want one on each Deployment and each Secret", reason, got)
 		}
 	}
+	// Two replicas ran; only the leader acted.
+	lead := leader(ctx, c, ns)
+	evs, err := c.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.ReportingController == watchController && e.ReportingInstance != lead {
+			t.Errorf("%s Event on %s/%s from %s; want every one from the leader %s", e.Reason, e.Regarding.Kind, e.Regarding.Name, e.ReportingInstance, lead)
+		}
+	}
 	follow.mu.Lock()
 	defer follow.mu.Unlock()
 	for _, b := range rstPods {
