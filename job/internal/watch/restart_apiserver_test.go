@@ -140,3 +140,19 @@ func TestAPIWatchLeaderElection(t *testing.T) {
 		t.Errorf("Refreshed events %v; want the second rotation's two from %s", evs, standby.id)
 	}
 }
+
+// --all-namespaces (Namespaces [""]): the same rotation, from informers
+// over every namespace, still restricted by label and by Secret name.
+func TestAPIWatchAllNamespaces(t *testing.T) {
+	f := newFx(t)
+	f.start("all", nil, func(o *Options) { o.Namespaces = []string{""} })
+	f.until("the baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	rv := f.setSecret("db", "v1", nil)
+	f.until("rotated", 30*time.Second, func() bool {
+		p := f.refreshedAt()
+		return f.recorded("web") == "rv:"+rv && len(f.events(ReasonVerified)) == 2 && p["web-0"] != "" && p["web-1"] != ""
+	})
+	if p := f.refreshedAt(); p["plain-0"] != "" {
+		t.Errorf("pod plain-0 of a Deployment that was not injected was refreshed")
+	}
+}
