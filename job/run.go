@@ -89,6 +89,8 @@ func run(ctx context.Context, cfg config.Config, client kubernetes.Interface, ns
 		err = j.status(ctx)
 	case config.Refresh:
 		err = j.refresh(ctx)
+	case config.WatchCommand:
+		err = j.watch(ctx)
 	default:
 		err = fmt.Errorf("%w: unknown command %q", config.ErrInvalid, cfg.Command)
 	}

@@ -64,7 +64,7 @@ func TestManifestsDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(env.Client.Discovery()))
-	for _, dir := range []string{"base", "refresh", "verify", "examples", "demo"} {
+	for _, dir := range []string{"base", "refresh", "verify", "examples", "demo", "watch", "watch-cluster"} {
 		t.Run(dir, func(t *testing.T) {
 			objs := kustomize(t, dir)
 			if len(objs) == 0 {

@@ -37,6 +37,8 @@ const (
 	Status  = "status"
 	Refresh = "refresh"
 	Version = "version"
+	// WatchCommand: "watch", the long-running rotation controller.
+	WatchCommand = "watch"
 )
 
 // Config is everything one run of the Job needs.
@@ -75,6 +77,8 @@ type Config struct {
 	Wait bool
 	// Via is how status and refresh reach the agents: auto, direct or proxy.
 	Via string
+	// Watch configures the watch command.
+	Watch Watch
 }
 
 // DefaultAgentImage is the agent image of the same release as this Job.
@@ -218,6 +222,7 @@ value that does not parse is exit 2, naming the variable or key.
 		fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
 		verifyFlags(fs, true)
 	})
+	mk(WatchCommand, "Rotate the injected Secrets with no pipeline step: on each change of their data, refresh and verify the pods (long-running; see manifests/watch)", watchFlags)
 	v := mk(Version, "Print the version", nil)
 	v.RunE = func(c *cobra.Command, _ []string) error {
 		cfg = Config{Command: Version}
@@ -242,7 +247,7 @@ value that does not parse is exit 2, naming the variable or key.
 				return Config{}, ErrHelp
 			}
 		}
-		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status, refresh or version", ErrInvalid)
+		return Config{}, fmt.Errorf("%w: no command given; use inject, remove, status, refresh, watch or version", ErrInvalid)
 	}
 	return cfg, nil
 }
@@ -291,6 +296,9 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		Via:         v.GetString("verify-via"),
 		Output:      v.GetString("output"),
 		LogFormat:   v.GetString("log-format"),
+	}
+	if command == WatchCommand {
+		cfg.Namespace, cfg.Watch = "", loadWatch(v)
 	}
 	if cfg.MountPath == "" && cfg.Secret != "" {
 		cfg.MountPath = DefaultMountPath(cfg.Secret)
@@ -363,6 +371,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateWatch()...)
 	if c.Command == Refresh && c.Settle <= 0 {
 		bad("--settle %s: must be positive", c.Settle)
 	}

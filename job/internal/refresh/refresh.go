@@ -39,6 +39,9 @@ type Options struct {
 	// again; a pod that has not restarted by then (its Secret content did
 	// not change) is left as it is.
 	Settle time.Duration
+	// Selector, when set, narrows the pods to those it matches (one
+	// workload's, for the watch's per-workload rotations).
+	Selector string
 }
 
 // Result says what was poked.
@@ -64,6 +67,7 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 	p.PageSize = pageSize
 	err := p.EachListItem(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String(),
+		LabelSelector: o.Selector,
 	}, func(obj runtime.Object) error {
 		pod := obj.(*corev1.Pod)
 		if pod.DeletionTimestamp != nil || !mounts(pod, o.Secret) {

@@ -1,0 +1,120 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
+
+	"github.com/k8secrets/k8secrets/internal/wellknown"
+	"github.com/k8secrets/k8secrets/job/internal/rollout"
+)
+
+// interimVerify is an INTERIM check, not a per-pod content verification: it
+// waits until every running pod of the watched workloads in ns that mount
+// secret carries a refresh annotation written at or after this rotation's
+// refresh started, and is Ready. It proves the kubelet was poked and the
+// pod is serving, not that the app loaded the new content. When the
+// branches merge, Options.Verify is wired to verify.Wait (each pod's agent
+// /status compared with contentid.Of over the Secret's data) and this goes.
+func (c *Controller) interimVerify(ctx context.Context, ns, secret string) (verified, total int, stale []string, err error) {
+	skey := secretKey(ns, secret)
+	c.mu.Lock()
+	since := c.poked[skey]
+	ws := make([]string, 0, len(c.refs[skey]))
+	for k := range c.refs[skey] {
+		ws = append(ws, k)
+	}
+	c.mu.Unlock()
+	slices.Sort(ws)
+	for _, k := range ws {
+		w, ok := c.workload(k)
+		if !ok {
+			continue
+		}
+		sel, serr := metav1.LabelSelectorAsSelector(selectorOf(w.Object))
+		if serr != nil {
+			return verified, total, stale, serr
+		}
+		v, n, st, werr := c.waitPods(ctx, ns, sel.String(), secret, since)
+		verified, total, stale = verified+v, total+n, append(stale, st...)
+		if werr != nil {
+			return verified, total, stale, werr
+		}
+	}
+	return verified, total, stale, nil
+}
+
+// waitPods waits, until ctx ends, for every running pod matching sel that
+// mounts secret to be poked since since and Ready; it returns the count and
+// the names of those that are not.
+func (c *Controller) waitPods(ctx context.Context, ns, sel, secret string, since time.Time) (verified, total int, stale []string, err error) {
+	pods := c.client.CoreV1().Pods(ns)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = sel
+			return pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = sel
+			return pods.Watch(ctx, o)
+		},
+	}
+	count := func(store cache.Store) {
+		verified, total, stale = 0, 0, nil
+		for _, obj := range store.List() {
+			p := obj.(*corev1.Pod)
+			if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !mountsSecret(p, secret) {
+				continue
+			}
+			total++
+			at, perr := time.Parse(time.RFC3339Nano, p.Annotations[wellknown.RefreshAnnotation])
+			if perr == nil && !at.Before(since.Truncate(time.Microsecond)) && rollout.PodReady(p) {
+				verified++
+			} else {
+				stale = append(stale, p.Name)
+			}
+		}
+		slices.Sort(stale)
+	}
+	var store cache.Store
+	_, err = watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, func(s cache.Store) (bool, error) {
+		store = s
+		count(s)
+		return len(stale) == 0, nil
+	}, func(watch.Event) (bool, error) {
+		count(store)
+		return len(stale) == 0, nil
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return verified, total, stale, nil // timed out: the stale pods say which
+	}
+	if err != nil {
+		return verified, total, stale, fmt.Errorf("watch pods %s in %s: %w", sel, ns, err)
+	}
+	return verified, total, stale, nil
+}
+
+func mountsSecret(p *corev1.Pod, secret string) bool {
+	for _, v := range p.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == secret {
+			return true
+		}
+		if v.Projected != nil {
+			for _, s := range v.Projected.Sources {
+				if s.Secret != nil && s.Secret.Name == secret {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

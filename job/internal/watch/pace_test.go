@@ -1,0 +1,325 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/k8secrets/k8secrets/internal/wellknown"
+	"github.com/k8secrets/k8secrets/job/internal/workload"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func defaults() *Pacer {
+	return &Pacer{MinInterval: DefaultMinInterval, Changes: DefaultBreakerChanges, Window: DefaultBreakerWindow}
+}
+
+func TestPacerBudget(t *testing.T) {
+	p := defaults()
+	for _, tc := range []struct {
+		name string
+		at   time.Duration
+		want time.Duration
+	}{
+		{"first rotation runs", 0, 0},
+		{"3 s later waits the rest of the interval", 3 * time.Second, 7 * time.Second},
+		{"9.5 s later still waits", 9500 * time.Millisecond, 500 * time.Millisecond},
+		{"the interval after the first runs", 10 * time.Second, 0},
+		{"right after that one waits a whole interval", 10 * time.Second, 10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.Take("Deployment/ns/web", t0.Add(tc.at)); got != tc.want {
+				t.Errorf("Take(+%s) = %s; want %s", tc.at, got, tc.want)
+			}
+		})
+	}
+	if got := p.Take("Deployment/ns/other", t0.Add(10*time.Second)); got != 0 {
+		t.Errorf("Take(another workload) = %s; want 0: the budget is per workload", got)
+	}
+}
+
+func TestPacerBreaker(t *testing.T) {
+	t.Run("a Secret updated every second for 60 s trips it once, at its 11th change", func(t *testing.T) {
+		p := defaults()
+		var trips []int
+		for i := range 60 {
+			if p.Changed("ns/s", t0.Add(time.Duration(i)*time.Second), "") {
+				trips = append(trips, i)
+			}
+		}
+		if fmt.Sprint(trips) != "[10]" {
+			t.Fatalf("tripped at changes %v; want [10] (the 11th change)", trips)
+		}
+		end := t0.Add(59 * time.Second)
+		susp, _, until := p.Suspended("ns/s", end, "")
+		if !susp || !until.Equal(end.Add(DefaultBreakerWindow)) {
+			t.Fatalf("Suspended(+59s) = %v until %s; want true until %s", susp, until, end.Add(DefaultBreakerWindow))
+		}
+		if susp, _, _ := p.Suspended("ns/s", until.Add(-time.Millisecond), ""); !susp {
+			t.Errorf("resumed before the Secret was quiet for the window")
+		}
+		susp, resumed, _ := p.Suspended("ns/s", until, "")
+		if susp || !resumed {
+			t.Errorf("Suspended(quiet for the window) = %v, resumed %v; want false, true", susp, resumed)
+		}
+		if p.Open("ns/s") {
+			t.Errorf("breaker still open after resuming")
+		}
+		// A fresh count after resuming: one more change does not trip it.
+		if p.Changed("ns/s", until.Add(time.Second), "") {
+			t.Errorf("one change after resuming tripped the breaker again")
+		}
+	})
+	t.Run("a Secret updated every 30 s never trips it", func(t *testing.T) {
+		p := defaults()
+		for i := range 120 {
+			if p.Changed("ns/s", t0.Add(time.Duration(i)*30*time.Second), "") {
+				t.Fatalf("tripped at change %d", i)
+			}
+		}
+	})
+	t.Run("changing the resume annotation resumes at once", func(t *testing.T) {
+		p := defaults()
+		for i := range 11 {
+			p.Changed("ns/s", t0.Add(time.Duration(i)*time.Second), "")
+		}
+		if susp, _, _ := p.Suspended("ns/s", t0.Add(11*time.Second), ""); !susp {
+			t.Fatal("not suspended after 11 changes in 11 s")
+		}
+		if susp, resumed, _ := p.Suspended("ns/s", t0.Add(12*time.Second), "2026-01-01T00:00:12Z"); susp || !resumed {
+			t.Errorf("Suspended(resume annotation set) = %v, resumed %v; want false, true", susp, resumed)
+		}
+	})
+	t.Run("another Secret is not suspended", func(t *testing.T) {
+		p := defaults()
+		for i := range 11 {
+			p.Changed("ns/a", t0.Add(time.Duration(i)*time.Second), "")
+		}
+		if susp, _, _ := p.Suspended("ns/b", t0.Add(11*time.Second), ""); susp {
+			t.Error("ns/b suspended by ns/a's changes")
+		}
+	})
+}
+
+// rig is a controller on a fake clientset and a fake clock, whose Secret
+// store and due list the test drives by hand: no informer, no goroutine, no
+// sleep.
+type rig struct {
+	t      *testing.T
+	c      *Controller
+	clk    *clocktesting.FakeClock
+	client *fake.Clientset
+	secret *corev1.Secret
+	// rotations lists the resourceVersion of the Secret each verification
+	// saw (a rotation's verification reads the Secret as rotated).
+	rotations []string
+}
+
+func newRig(t *testing.T) *rig {
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns", Labels: map[string]string{wellknown.LabelInjected: "true"}},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{
+				Labels:      map[string]string{"app": "web"},
+				Annotations: map[string]string{wellknown.AnnotationSecretPrefix + "db": "db"},
+			}},
+		},
+	}
+	r := &rig{t: t, clk: clocktesting.NewFakeClock(t0), client: fake.NewClientset(d)}
+	r.secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "100"}, Data: map[string][]byte{"password": []byte("v0")}}
+	r.c = New(r.client, Options{
+		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
+		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk,
+		Verify: func(ctx context.Context, ns, secret string) (int, int, []string, error) {
+			r.rotations = append(r.rotations, r.secret.ResourceVersion)
+			return 2, 2, nil, nil
+		},
+	})
+	r.c.listers[workload.Deployment] = func(ns, name string) (runtime.Object, error) {
+		return r.client.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+	}
+	r.c.getSecret = func(string) (*corev1.Secret, bool) { return r.secret, true }
+	obj, _ := r.c.listers[workload.Deployment]("ns", "web")
+	r.c.workloadChanged(obj)
+	r.c.mu.Lock()
+	r.c.secrets["ns/db"] = nil // no informer: getSecret serves it
+	r.c.mu.Unlock()
+	r.c.secretChanged("ns/db", nil, r.secret)
+	r.runDue()
+	return r
+}
+
+// runDue syncs, in the test's goroutine, every workload due by now.
+func (r *rig) runDue() {
+	for {
+		now := r.clk.Now()
+		var keys []string
+		r.c.mu.Lock()
+		for k, at := range r.c.due {
+			if !at.After(now) {
+				keys = append(keys, k)
+				delete(r.c.due, k)
+			}
+		}
+		r.c.mu.Unlock()
+		if len(keys) == 0 {
+			return
+		}
+		for _, k := range keys {
+			r.c.sync(context.Background(), k)
+		}
+	}
+}
+
+// update changes the Secret's data (or only its annotations) as the
+// informer would report it.
+func (r *rig) update(data string, ann map[string]string) {
+	old := r.secret
+	s := old.DeepCopy()
+	rv, _ := strconv.Atoi(old.ResourceVersion)
+	s.ResourceVersion = strconv.Itoa(rv + 1)
+	if data != "" {
+		s.Data = map[string][]byte{"password": []byte(data)}
+	}
+	if ann != nil {
+		s.Annotations = maps.Clone(ann)
+	}
+	r.secret = s
+	r.c.secretChanged("ns/db", old, s)
+	r.runDue()
+}
+
+func (r *rig) recorded() string {
+	d, err := r.client.AppsV1().Deployments("ns").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return d.Annotations[RotatedPrefix+"db"]
+}
+
+func (r *rig) events(reason string) int {
+	l, _ := r.client.EventsV1().Events("ns").List(context.Background(), metav1.ListOptions{})
+	n := 0
+	for _, e := range l.Items {
+		if e.Reason == reason {
+			n++
+		}
+	}
+	return n
+}
+
+// step advances the fake clock by d, one second at a time, running what
+// falls due.
+func (r *rig) step(d time.Duration) {
+	for range int(d / time.Second) {
+		r.clk.Step(time.Second)
+		r.runDue()
+	}
+}
+
+func TestWatchFirstSightIsABaseline(t *testing.T) {
+	r := newRig(t)
+	if len(r.rotations) != 0 {
+		t.Errorf("rotations on first sight = %v; want none (the Job mounted the current content)", r.rotations)
+	}
+	if got := r.recorded(); got != "rv:100" {
+		t.Errorf("recorded %q; want rv:100", got)
+	}
+}
+
+func TestWatchMetadataOnlyChangeDoesNotRotate(t *testing.T) {
+	r := newRig(t)
+	r.update("", map[string]string{"owner": "team-a"})
+	r.step(time.Minute)
+	if len(r.rotations) != 0 {
+		t.Errorf("rotations after a label-only change = %v; want none", r.rotations)
+	}
+}
+
+func TestWatchFoldsChangesWithinMinInterval(t *testing.T) {
+	r := newRig(t)
+	r.update("v1", nil) // rv 101: rotated at once
+	r.step(2 * time.Second)
+	r.update("v2", nil) // rv 102
+	r.step(2 * time.Second)
+	r.update("v3", nil) // rv 103: folded with v2, rotated at +10 s
+	if fmt.Sprint(r.rotations) != "[101]" {
+		t.Fatalf("rotations before the interval ends = %v; want [101]", r.rotations)
+	}
+	r.step(6 * time.Second)
+	if fmt.Sprint(r.rotations) != "[101 103]" {
+		t.Fatalf("rotations = %v; want [101 103]: one per interval, the last content wins", r.rotations)
+	}
+	if got := r.recorded(); got != "rv:103" {
+		t.Errorf("recorded %q; want rv:103", got)
+	}
+	r.step(time.Minute)
+	if len(r.rotations) != 2 {
+		t.Errorf("rotations after a quiet minute = %v; want no more", r.rotations)
+	}
+}
+
+func TestWatchFlappingSecretTripsBreaker(t *testing.T) {
+	r := newRig(t)
+	for i := range 60 {
+		r.update(fmt.Sprintf("v%d", i+1), nil) // rv 101 .. 160
+		r.step(time.Second)
+	}
+	if n := len(r.rotations); n > 60/10+1 {
+		t.Errorf("%d rotations in 60 s; want at most 7", n)
+	}
+	if !r.c.pace.Open("ns/db") {
+		t.Fatal("breaker not open after 60 changes in 60 s")
+	}
+	if n := r.events(ReasonRotationSuspended); n != 2 {
+		t.Errorf("%d RotationSuspended events; want 2 (the Secret and the Deployment)", n)
+	}
+	during := len(r.rotations)
+	r.step(DefaultBreakerWindow - 2*time.Second)
+	if len(r.rotations) != during {
+		t.Fatalf("rotated while suspended: %v", r.rotations[during:])
+	}
+	r.step(3 * time.Second)
+	if got := r.rotations[len(r.rotations)-1]; len(r.rotations) != during+1 || got != "160" {
+		t.Errorf("after a quiet window: rotations %v; want one more, to rv 160 (the last content)", r.rotations)
+	}
+	if r.c.pace.Open("ns/db") {
+		t.Error("breaker still open after a quiet window")
+	}
+	t.Logf("rotations: %v", r.rotations)
+}
+
+func TestWatchResumeAnnotation(t *testing.T) {
+	r := newRig(t)
+	for i := range 11 {
+		r.update(fmt.Sprintf("v%d", i+1), nil)
+		r.step(time.Second)
+	}
+	if !r.c.pace.Open("ns/db") {
+		t.Fatal("breaker not open")
+	}
+	before := len(r.rotations)
+	r.step(30 * time.Second)
+	if len(r.rotations) != before {
+		t.Fatalf("rotated while suspended")
+	}
+	r.update("", map[string]string{ResumeAnnotation: "now"})
+	if len(r.rotations) != before+1 || r.recorded() != "rv:111" {
+		t.Errorf("after the resume annotation: rotations %v, recorded %q; want one more, to the last data (rv:111)", r.rotations, r.recorded())
+	}
+	if r.c.pace.Open("ns/db") {
+		t.Error("breaker still open after the resume annotation")
+	}
+}

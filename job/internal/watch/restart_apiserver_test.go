@@ -1,0 +1,158 @@
+package watch
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+)
+
+// State survives the controller: a rotation is recorded on the workload
+// only once done, so a change made while no replica runs is rotated by the
+// next one (not lost), a replica started with nothing changed rotates
+// nothing (not repeated), and a replica stopped mid-rotation leaves it
+// unrecorded for its successor to finish.
+func TestAPIWatchStateAfterRestart(t *testing.T) {
+	f := newFx(t)
+	// Rotations of web, by the Events on it (the Secret gets one too).
+	onWeb := func(reason string) int {
+		n := 0
+		for _, e := range f.events(reason) {
+			if strings.HasPrefix(e, "Deployment/web ") {
+				n++
+			}
+		}
+		return n
+	}
+	refreshed := func() int { return onWeb(ReasonRefreshed) }
+
+	a := f.start("a", nil, nil)
+	f.until("a's baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	rv1 := f.setSecret("db", "v1", nil)
+	f.until("a rotated v1", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv1 })
+	a.stop(t)
+	if n := refreshed(); n != 1 {
+		t.Fatalf("%d rotations after one change; want 1", n)
+	}
+
+	// Changed while nothing runs: b rotates it.
+	rv2 := f.setSecret("db", "v2", nil)
+	before := f.refreshedAt()
+	b := f.start("b", nil, nil)
+	f.until("b rotated v2", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv2 })
+	b.stop(t)
+	if n := refreshed(); n != 2 {
+		t.Errorf("%d rotations after a change made while stopped; want 2 (not lost)", n)
+	}
+	if after := f.refreshedAt(); after["web-0"] == before["web-0"] || after["web-1"] == before["web-1"] {
+		t.Errorf("web's pods not refreshed for v2: before %v, after %v", before, after)
+	}
+
+	// Nothing changed: c rotates nothing. It has looked at web once it
+	// has recorded the baseline of a workload injected after it started
+	// (its loop runs every due workload at once), and Run returns only
+	// after every sync it started has finished.
+	before = f.refreshedAt()
+	c := f.start("c", nil, nil)
+	f.until("c leads", 30*time.Second, func() bool { return f.holder() == "c" })
+	f.deployment("late", true, "signal:SIGHUP")
+	f.until("c's baseline of a late Deployment", 30*time.Second, func() bool { return f.recorded("late") != "" })
+	c.stop(t)
+	if n := refreshed(); n != 2 {
+		t.Errorf("%d rotations after a restart with nothing changed; want still 2 (not repeated)", n)
+	}
+	if after := f.refreshedAt(); !maps.Equal(after, before) {
+		t.Errorf("pods poked by a restart with nothing changed: before %v, after %v", before, after)
+	}
+
+	// Stopped mid-rotation (pods poked, verification under way): not
+	// recorded; e finishes it.
+	inVerify := make(chan struct{}, 1)
+	d := f.start("d", nil, func(o *Options) {
+		o.Verify = func(ctx context.Context, ns, secret string) (int, int, []string, error) {
+			inVerify <- struct{}{}
+			<-ctx.Done()
+			return 0, 2, []string{"web-0", "web-1"}, ctx.Err()
+		}
+	})
+	f.until("d leads", 30*time.Second, func() bool { return f.holder() == "d" })
+	rv3 := f.setSecret("db", "v3", nil)
+	select {
+	case <-inVerify:
+	case <-f.ctx.Done():
+		t.Fatal("d never verified")
+	}
+	d.stop(t)
+	if got := f.recorded("web"); got != "rv:"+rv2 {
+		t.Fatalf("recorded %q after d was stopped mid-rotation; want still rv:%s", got, rv2)
+	}
+	if !strings.Contains(d.logs.String(), "rotation interrupted") && !strings.Contains(d.logs.String(), "verification interrupted") {
+		t.Errorf("d's logs do not say the rotation was interrupted:\n%s", d.logs.String())
+	}
+	e := f.start("e", nil, nil)
+	f.until("e finished v3", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv3 })
+	e.stop(t)
+	if n := onWeb(ReasonVerified); n != 3 {
+		t.Errorf("%d verified rotations (v1, v2, v3); want 3", n)
+	}
+}
+
+// Two replicas: one leads and acts, the other stands by; when the leader
+// is stopped (SIGTERM) it releases the Lease and the other takes over at
+// once and acts alone.
+func TestAPIWatchLeaderElection(t *testing.T) {
+	f := newFx(t)
+	a := f.start("a", nil, nil)
+	b := f.start("b", nil, nil)
+	f.until("a leader", 30*time.Second, func() bool { return f.holder() == "a" || f.holder() == "b" })
+	f.until("the baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	leader, standby := a, b
+	if f.holder() == "b" {
+		leader, standby = b, a
+	}
+	rv1 := f.setSecret("db", "v1", nil)
+	f.until("rotated v1", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv1 && len(f.events(ReasonVerified)) == 2 })
+	for _, reason := range []string{ReasonRefreshed, ReasonVerified} {
+		evs := f.events(reason)
+		if len(evs) != 2 || !strings.HasSuffix(evs[0], " "+leader.id) || !strings.HasSuffix(evs[1], " "+leader.id) {
+			t.Errorf("%s events %v; want two (Deployment, Secret), both from the leader %s", reason, evs, leader.id)
+		}
+	}
+
+	start := time.Now()
+	leader.stop(t)
+	f.until("the standby takes over", 30*time.Second, func() bool { return f.holder() == standby.id })
+	t.Logf("the standby led %s after the leader's SIGTERM", time.Since(start).Round(time.Millisecond))
+	rv2 := f.setSecret("db", "v2", nil)
+	f.until("rotated v2", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv2 && len(f.events(ReasonVerified)) == 4 })
+	evs := f.events(ReasonRefreshed)
+	if len(evs) != 4 {
+		t.Fatalf("Refreshed events %v; want 4: each rotation once", evs)
+	}
+	n := 0
+	for _, e := range evs {
+		if strings.HasSuffix(e, " "+standby.id) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("Refreshed events %v; want the second rotation's two from %s", evs, standby.id)
+	}
+}
+
+// --all-namespaces (Namespaces [""]): the same rotation, from informers
+// over every namespace, still restricted by label and by Secret name.
+func TestAPIWatchAllNamespaces(t *testing.T) {
+	f := newFx(t)
+	f.start("all", nil, func(o *Options) { o.Namespaces = []string{""} })
+	f.until("the baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	rv := f.setSecret("db", "v1", nil)
+	f.until("rotated", 30*time.Second, func() bool {
+		p := f.refreshedAt()
+		return f.recorded("web") == "rv:"+rv && len(f.events(ReasonVerified)) == 2 && p["web-0"] != "" && p["web-1"] != ""
+	})
+	if p := f.refreshedAt(); p["plain-0"] != "" {
+		t.Errorf("pod plain-0 of a Deployment that was not injected was refreshed")
+	}
+}
