@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/k8secrets/k8secrets/job/internal/verify"
 	"github.com/k8secrets/k8secrets/job/internal/watch"
 )
 
@@ -31,19 +35,22 @@ func (j *job) watch(ctx context.Context) error {
 		BreakerWindow:  w.BreakerWindow,
 		Settle:         j.cfg.Settle,
 		VerifyTimeout:  w.VerifyTimeout,
-		// Verify: nil selects the interim check (refresh annotation seen,
-		// pod Ready). LEAD: wire verify.Wait here when the branches merge:
-		//   Verify: func(ctx context.Context, ns, secret string) (int, int, []string, error) {
-		//     r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: "auto", Log: j.log})
-		//     if ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		//       err = nil // --verify-timeout: the stale pods below say which
-		//     }
-		//     var stale []string
-		//     for _, p := range r.Pods { if p.State != "current" { stale = append(stale, p.Name+" ("+p.State+": "+p.Reason+")") } }
-		//     return r.Current, r.Total, stale, err
-		//   },
-		// and, in job/internal/watch/controller.go, verifiedBy's wording
-		// holds then; delete interim.go and its use in New.
+		// Each pod's agent /status against the Secret's data; the
+		// --verify-timeout deadline leaves the pods not yet current as
+		// stale, named in the Events, rather than an error.
+		Verify: func(ctx context.Context, ns, secret string, read func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+			r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: j.cfg.Via, Log: j.log, Read: read})
+			if errors.Is(err, verify.ErrNotVerified) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				err = nil
+			}
+			var stale []string
+			for _, p := range r.Pods {
+				if p.State != verify.Current && p.State != verify.Unknown {
+					stale = append(stale, p.Name+" ("+p.State+": "+p.Reason+")")
+				}
+			}
+			return r.Current, r.Total, stale, err
+		},
 		Instance: identity,
 		Log:      j.log,
 	})

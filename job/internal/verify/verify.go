@@ -79,6 +79,9 @@ type Options struct {
 	// Via is Auto (""), Direct or Proxy.
 	Via string
 	Log *slog.Logger
+	// Read, when set, gives the Secret instead of a GET: the watch passes
+	// its informer's copy (its Role has no get on Secrets).
+	Read func(context.Context) (*corev1.Secret, error)
 }
 
 // Pod is what one pod has loaded.
@@ -274,7 +277,13 @@ func resolve(via string) string {
 func (c *checker) check(ctx context.Context) (Report, error) {
 	ns, name := c.o.Namespace, c.o.Secret
 	r := Report{Via: c.via}
-	s, err := c.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	var s *corev1.Secret
+	var err error
+	if c.o.Read != nil {
+		s, err = c.o.Read(ctx)
+	} else {
+		s, err = c.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	switch {
 	case apierrors.IsForbidden(err):
 		return r, fmt.Errorf("%w: read secret %s/%s: forbidden; grant get on it (the Job's Role has it by name; or bind the Role %s)", ErrCannotVerify, ns, name, Role)

@@ -23,6 +23,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -77,7 +78,7 @@ const (
 // VerifyFunc tells how many of the pods in ns that mount secret have loaded
 // its current data (verified of total) and names the others. It returns
 // when all have, or when ctx ends (then with the stale ones).
-type VerifyFunc func(ctx context.Context, ns, secret string) (verified, total int, stale []string, err error)
+type VerifyFunc func(ctx context.Context, ns, secret string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
 
 // Options of the controller.
 type Options struct {
@@ -91,8 +92,8 @@ type Options struct {
 	Settle time.Duration
 	// VerifyTimeout bounds the verification of one rotation.
 	VerifyTimeout time.Duration
-	// Verify checks the pods after a refresh; nil: the interim check
-	// (see interimVerify), until verify.Wait is wired in.
+	// Verify checks the pods after a refresh: k8secrets-job watch passes
+	// verify.Wait (each pod's agent /status against the Secret's data).
 	Verify VerifyFunc
 	// Instance names this replica in Events.
 	Instance string
@@ -165,7 +166,12 @@ func New(client kubernetes.Interface, o Options) *Controller {
 	c.verify = o.Verify
 	c.getSecret = c.secret
 	if c.verify == nil {
-		c.verify = c.interimVerify
+		c.verify = standIn(c)
+	}
+	if c.verify == nil {
+		c.verify = func(context.Context, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+			return 0, 0, nil, errors.New("no verification configured (Options.Verify)")
+		}
 	}
 	return c
 }
@@ -784,7 +790,13 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		fmt.Sprintf("secret %s changed: refreshed %d pods of %s (%s): %s", s.Name, len(pods), w, mode, list(pods)))
 
 	vctx, vcancel := context.WithTimeout(ctx, c.o.VerifyTimeout)
-	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name)
+	read := func(context.Context) (*corev1.Secret, error) {
+		if cur, ok := c.getSecret(secretKey(s.Namespace, s.Name)); ok && cur != nil {
+			return cur, nil
+		}
+		return nil, apierrors.NewNotFound(corev1.Resource("secrets"), s.Name)
+	}
+	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name, read)
 	vcancel()
 	if ctx.Err() != nil {
 		log.Warn("verification interrupted; the next leader rotates again", "error", context.Cause(ctx))
@@ -804,7 +816,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		c.m.rotation("verified")
 		c.m.latency(c.clock.Since(d.seen))
 		c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonVerified,
-			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, verified, total, c.verifiedBy()))
+			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, verified, total, "each pod's agent reports the Secret's current content"))
 	}
 	// Recorded also when pods are stale: poking them again would not make a
 	// failing reload succeed; the Events and metrics name them.
@@ -815,12 +827,9 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	log.Info("rotated", "pods", len(pods), "verified", verified, "total", total, "stale", len(stale))
 }
 
-func (c *Controller) verifiedBy() string {
-	if c.o.Verify == nil {
-		return "interim check: refresh annotation observed and pod Ready; not a per-pod content check"
-	}
-	return "each pod's agent reports the Secret's current content"
-}
+// standIn gives the VerifyFunc of a controller given none; this package's
+// tests set it.
+var standIn = func(*Controller) VerifyFunc { return nil }
 
 func list(names []string) string {
 	if len(names) == 0 {

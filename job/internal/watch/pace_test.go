@@ -142,7 +142,7 @@ func newRig(t *testing.T) *rig {
 	r.c = New(r.client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
 		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk,
-		Verify: func(ctx context.Context, ns, secret string) (int, int, []string, error) {
+		Verify: func(ctx context.Context, ns, secret string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
 			r.rotations = append(r.rotations, r.secret.ResourceVersion)
 			return 2, 2, nil, nil
 		},
