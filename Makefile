@@ -47,6 +47,7 @@ images: build ci-deps ## Build the FROM-scratch images k8secrets-job, k8secrets-
 .PHONY: lint
 lint: ## go vet and gofmt.
 	$(GO) vet ./...
+	$(GO) -C hack/release vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: unit
@@ -61,8 +62,8 @@ test-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl 
 	hack/kube-binaries.sh etcd kube-apiserver kube-controller-manager kubectl
 
 .PHONY: clean
-clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
-	rm -rf $(BIN)
+clean: ## Remove bin/ and dist/ (the cache under $(CACHE_DIR) stays).
+	rm -rf $(BIN) $(DIST)
 
 ##@ Benchmarks
 
