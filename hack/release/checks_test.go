@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -67,6 +69,9 @@ func TestChecksCatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Read back from a layout, as the real ones are: validate.Image then
+	// passes, and only the file check can catch it.
+	withShell = throughLayout(t, withShell)
 	arm64Only := mutate.RemoveManifests(idx, match.Platforms(v1.Platform{OS: "linux", Architecture: "amd64"}))
 
 	// A layout whose layer blob lost a byte.
@@ -214,4 +219,25 @@ func TestChecksCatch(t *testing.T) {
 			t.Logf("caught: %v", err)
 		})
 	}
+}
+
+// throughLayout writes img to a new OCI layout and reads it back.
+func throughLayout(t *testing.T, img v1.Image) v1.Image {
+	t.Helper()
+	p, err := layout.Write(t.TempDir(), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Image(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
