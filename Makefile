@@ -172,7 +172,8 @@ release: release-binaries release-tool sbom-tool ## Archives, checksums, SBOMs, 
 		-cyclonedx-gomod $(CYCLONEDX_GOMOD) -registry $(REGISTRY)
 
 .PHONY: push
-push: release-tool ## Push the multi-arch images of dist/ (make release) to REGISTRY=host/org, tagged $(VERSION).
+push: release-tool ## Push the multi-arch images of dist/ (make release) to REGISTRY=host/org, tagged with their version.
+	@if [ "$(origin REGISTRY)" = file ]; then echo "push: name the registry: make push REGISTRY=host/org"; exit 2; fi
 	$(RELEASE_TOOL) push -dist $(DIST) -registry $(REGISTRY)
 
 .PHONY: release-test
