@@ -77,7 +77,7 @@ func writeKrewManifest(path, version, baseURL string, archives []krewArchive) er
 	p.Spec = krewSpec{
 		Version:          krewVersion(version),
 		Homepage:         "https://github.com/k8secrets/k8secrets",
-		ShortDescription: "Mount a Secret into running workloads and reload them in place",
+		ShortDescription: "Mount Secrets into workloads, reload in place", // krew-index: under 50 characters
 		Description:      krewDescription,
 	}
 	for _, a := range archives {
