@@ -489,8 +489,8 @@ func checkKrew(p krewPlugin, r release) error {
 	if p.APIVersion != "krew.googlecontainertools.github.com/v1alpha2" || p.Kind != "Plugin" || p.Metadata.Name != "k8secrets" {
 		return fmt.Errorf("krew manifest is %s %s %s; want krew.googlecontainertools.github.com/v1alpha2 Plugin k8secrets", p.APIVersion, p.Kind, p.Metadata.Name)
 	}
-	if !semver.MatchString(p.Spec.Version) || p.Spec.ShortDescription == "" || p.Spec.Homepage == "" {
-		return fmt.Errorf("krew spec: version %q (want v-semver), shortDescription %q, homepage %q", p.Spec.Version, p.Spec.ShortDescription, p.Spec.Homepage)
+	if !semver.MatchString(p.Spec.Version) || p.Spec.ShortDescription == "" || len(p.Spec.ShortDescription) > 50 || p.Spec.Homepage == "" {
+		return fmt.Errorf("krew spec: version %q (want v-semver), shortDescription %q (want 1 to 50 characters), homepage %q", p.Spec.Version, p.Spec.ShortDescription, p.Spec.Homepage)
 	}
 	var got []string
 	for _, pl := range p.Spec.Platforms {
