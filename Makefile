@@ -157,8 +157,10 @@ demo-down: ## Remove the demo's namespace (the cluster stays: make cluster-down)
 DIST              ?= $(CURDIR)/dist
 REVISION          := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # The commit's time stamps the images and archives, so that two builds of one
-# commit give the same digests.
-SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# commit give the same digests. Evaluated once, like VERSION.
+ifndef SOURCE_DATE_EPOCH
+SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct $(REVISION) 2>/dev/null || echo 0)
+endif
 RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 IMAGE_PLATFORMS   := linux/amd64 linux/arm64
 RELEASE_TOOL      := $(BIN)/k8secrets-release
