@@ -197,6 +197,9 @@ func TestChecksCatch(t *testing.T) {
 		{"native binary of another version", func() error { return checkBinary(r.bin(native, "k8secrets-job"), native, "v9.9.9") }},
 		{"cross binary of another version", func() error { return checkBinary(r.bin(other, "k8secrets-job"), other, "v9.9.9") }},
 		{"SBOM of another binary", func() error { return checkSBOM(jobSBOM, r.bin("linux/amd64", "k8secrets-agent")) }},
+		{"image SBOM of the other platform's image", func() error {
+			return checkImageSBOM(imageSBOMPath(r, img, "linux/arm64"), r.bin("linux/arm64", "k8secrets-demo"), amd64)
+		}},
 		{"SBOM missing a module", func() error { return checkSBOM(shortSBOM, jobBin) }},
 		{"checksum changed", func() error { return checkChecksums(r.Dist, badSum) }},
 		{"checksum missing", func() error { return checkChecksums(r.Dist, missingSum) }},
