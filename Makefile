@@ -51,6 +51,7 @@ images: build ci-deps ## Build the FROM-scratch images k8secrets-job, k8secrets-
 .PHONY: lint
 lint: ## go vet and gofmt.
 	$(GO) vet ./...
+	$(GO) -C hack/release vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 .PHONY: unit
@@ -58,7 +59,7 @@ unit: test-assets helm ## Unit tests and real-API-server tests, with the race de
 	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) K8SECRETS_HELM=$(HELM) $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: test
-test: lint unit e2e ## Everything CI runs: lint, unit and API-server tests, then the e2e suite on kind.
+test: lint unit release-test e2e ## Everything CI runs: lint, unit and API-server tests, the release artifacts, then the e2e suite on kind.
 
 .PHONY: helm
 helm: ## Build the helm CLI $(HELM_VERSION) from the Go module proxy into $(CACHE_DIR) (cached by version).
@@ -73,8 +74,8 @@ test-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl 
 	hack/kube-binaries.sh etcd kube-apiserver kube-controller-manager kubectl
 
 .PHONY: clean
-clean: ## Remove bin/ (the cache under $(CACHE_DIR) stays).
-	rm -rf $(BIN)
+clean: ## Remove bin/ and dist/ (the cache under $(CACHE_DIR) stays).
+	rm -rf $(BIN) $(DIST)
 
 ##@ Benchmarks
 
@@ -160,3 +161,61 @@ demo: cluster images kube-binaries ## Bring up the kind cluster, inject a Secret
 .PHONY: demo-down
 demo-down: ## Remove the demo's namespace (the cluster stays: make cluster-down).
 	KUBECONFIG=$(KIND_KUBECONFIG) $(KUBE_BIN)/kubectl delete namespace k8secrets-demo --ignore-not-found
+
+##@ Release
+
+# Everything `make release` writes goes to dist/ (gitignored): archives,
+# checksums, SBOMs, the krew manifest and one OCI layout per image.
+DIST              ?= $(CURDIR)/dist
+REVISION          := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The commit's time stamps the images and archives, so that two builds of one
+# commit give the same digests. Evaluated once, like VERSION.
+ifndef SOURCE_DATE_EPOCH
+SOURCE_DATE_EPOCH := $(shell git log -1 --format=%ct $(REVISION) 2>/dev/null || echo 0)
+endif
+RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+IMAGE_PLATFORMS   := linux/amd64 linux/arm64
+RELEASE_TOOL      := $(BIN)/k8secrets-release
+CYCLONEDX_GOMOD   := $(CACHE_DIR)/cyclonedx-gomod-$(CYCLONEDX_GOMOD_VERSION)/cyclonedx-gomod
+# Where `make release` says the images go, and `make push` pushes them.
+REGISTRY          ?= ghcr.io/k8secrets
+
+.PHONY: release
+release: release-binaries release-tool sbom-tool ## Archives, checksums, SBOMs, krew manifest and multi-arch OCI image layouts in dist/ (offline).
+	$(RELEASE_TOOL) build -dist $(DIST) -version $(VERSION) -revision $(REVISION) -epoch $(SOURCE_DATE_EPOCH) \
+		-cyclonedx-gomod $(CYCLONEDX_GOMOD) -registry $(REGISTRY)
+
+.PHONY: push
+push: release-tool ## Push the multi-arch images of dist/ (make release) to REGISTRY=host/org, tagged with their version.
+	@if [ "$(origin REGISTRY)" = file ]; then echo "push: name the registry: make push REGISTRY=host/org"; exit 2; fi
+	$(RELEASE_TOOL) push -dist $(DIST) -registry $(REGISTRY)
+
+.PHONY: release-test
+release-test: release ## Inspect the artifacts of make release and push them to a registry started by the test.
+	cd hack/release && DIST=$(DIST) VERSION=$(VERSION) REVISION=$(REVISION) $(GO) test -count=1 -timeout 20m ./...
+
+.PHONY: release-binaries
+release-binaries: ## Static binaries for every platform into dist/bin/OS-ARCH/ (the Job everywhere; agent and demo for the images).
+	@set -e; for p in $(RELEASE_PLATFORMS); do os=$${p%/*}; arch=$${p#*/}; out=$(DIST)/bin/$$os-$$arch; \
+		echo "build $$p"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build $(GOFLAGS_BUILD) -o $$out/k8secrets-job ./job; \
+		case " $(IMAGE_PLATFORMS) " in *" $$p "*) \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build $(GOFLAGS_BUILD) $(AGENT_TAGS) -o $$out/k8secrets-agent ./agent; \
+			CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build $(GOFLAGS_BUILD) -o $$out/k8secrets-demo ./demo;; \
+		esac; \
+	done
+
+.PHONY: release-tool
+release-tool:
+	$(GO) -C hack/release build -o $(RELEASE_TOOL) .
+
+.PHONY: sbom-tool
+sbom-tool: ## Build cyclonedx-gomod $(CYCLONEDX_GOMOD_VERSION) into $(CACHE_DIR) (cached by version).
+	@if [ ! -x $(CYCLONEDX_GOMOD) ]; then \
+		grep -q 'github.com/CycloneDX/cyclonedx-gomod $(CYCLONEDX_GOMOD_VERSION)' hack/release/tools/cyclonedx-gomod/go.mod || \
+			{ echo "hack/release/tools/cyclonedx-gomod/go.mod does not require cyclonedx-gomod $(CYCLONEDX_GOMOD_VERSION) (hack/versions.mk)"; exit 1; }; \
+		echo "build cyclonedx-gomod $(CYCLONEDX_GOMOD_VERSION)"; \
+		mkdir -p $(dir $(CYCLONEDX_GOMOD)); \
+		CGO_ENABLED=0 $(GO) -C hack/release/tools/cyclonedx-gomod build -trimpath -o $(CYCLONEDX_GOMOD).tmp github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod && \
+		mv $(CYCLONEDX_GOMOD).tmp $(CYCLONEDX_GOMOD); \
+	fi
