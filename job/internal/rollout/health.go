@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -73,7 +72,7 @@ func (r *Roller) steady(ctx context.Context, w workload.Workload, ours func(*cor
 	if err != nil {
 		return fmt.Errorf("read %s: %w", w, err)
 	}
-	sel, err := metav1.LabelSelectorAsSelector(selectorOf(obj))
+	sel, err := metav1.LabelSelectorAsSelector(workload.Selector(obj))
 	if err != nil {
 		return fmt.Errorf("selector of %s: %w", w, err)
 	}
@@ -136,18 +135,6 @@ func carriesChange(ch plan.Change) func(*corev1.Pod) bool {
 		_, marked := p.Annotations[plan.SecretAnnotation(ch.ID)]
 		return !marked
 	}
-}
-
-func selectorOf(obj runtime.Object) *metav1.LabelSelector {
-	switch o := obj.(type) {
-	case *appsv1.Deployment:
-		return o.Spec.Selector
-	case *appsv1.StatefulSet:
-		return o.Spec.Selector
-	case *appsv1.DaemonSet:
-		return o.Spec.Selector
-	}
-	return nil
 }
 
 // owns tells whether p belongs to the workload whose UID is uid: directly

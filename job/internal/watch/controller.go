@@ -748,7 +748,7 @@ func replicas(p *int32) int32 {
 func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) {
 	s := d.secret
 	log := c.log.With("kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", s.Name)
-	sel, err := metav1.LabelSelectorAsSelector(selectorOf(w.Object))
+	sel, err := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
 	if err != nil {
 		log.Error("workload selector", "error", err)
 		return
@@ -840,18 +840,6 @@ func list(names []string) string {
 		return strings.Join(names[:most], ", ") + fmt.Sprintf(" and %d more", len(names)-most)
 	}
 	return strings.Join(names, ", ")
-}
-
-func selectorOf(obj runtime.Object) *metav1.LabelSelector {
-	switch o := obj.(type) {
-	case *appsv1.Deployment:
-		return o.Spec.Selector
-	case *appsv1.StatefulSet:
-		return o.Spec.Selector
-	case *appsv1.DaemonSet:
-		return o.Spec.Selector
-	}
-	return nil
 }
 
 // record writes annotations on the workload's own metadata (nil removes

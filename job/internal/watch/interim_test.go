@@ -16,6 +16,7 @@ import (
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/rollout"
+	"github.com/k8secrets/k8secrets/job/internal/workload"
 )
 
 // interimVerify stands in, in this package's tests, for verify.Wait, which
@@ -43,7 +44,7 @@ func (c *Controller) interimVerify(ctx context.Context, ns, secret string, _ fun
 		if !ok {
 			continue
 		}
-		sel, serr := metav1.LabelSelectorAsSelector(selectorOf(w.Object))
+		sel, serr := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
 		if serr != nil {
 			return verified, total, stale, serr
 		}

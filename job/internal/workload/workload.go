@@ -225,6 +225,19 @@ func group(apiVersion string) string {
 	return gv.Group
 }
 
+// Selector is the workload's pod selector (nil for another kind).
+func Selector(obj runtime.Object) *metav1.LabelSelector {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return o.Spec.Selector
+	case *appsv1.StatefulSet:
+		return o.Spec.Selector
+	case *appsv1.DaemonSet:
+		return o.Spec.Selector
+	}
+	return nil
+}
+
 // ObservedGeneration is the generation the workload's controller has seen.
 func ObservedGeneration(obj runtime.Object) int64 {
 	switch o := obj.(type) {
