@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/k8secrets/k8secrets/agent/internal/kubelettest"
 )
 
 // quiet is how long a test waits to be sure nothing more happens.
@@ -472,32 +474,7 @@ func TestEPERM(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run the app and the agent as two other users")
 	}
-	shared := openDir(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"eperm-app", "agent"} {
-		if err := os.WriteFile(filepath.Join(shared, name), b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := filepath.Join(shared, "db-creds")
-	vol := newVolume(t, dir, secretPayload("one"))
-
-	app := &testApp{exe: filepath.Join(shared, "eperm-app"), log: filepath.Join(shared, "app.log"), secret: filepath.Join(dir, secretKey)}
-	appCmd := exec.Command(app.exe)
-	appCmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=app", "APP_LOG="+app.log, "APP_SECRET="+app.secret)
-	appCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	if err := appCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = appCmd.Process.Kill(); _ = appCmd.Wait() })
-	waitFor(t, "the app to start", func() bool { return app.has("start ") })
+	shared, dir, vol, app := foreignApp(t, "eperm-app")
 
 	cmd := exec.Command(filepath.Join(shared, "agent"), "--watch="+dir, "--reload=signal:SIGHUP", "--process=eperm-app",
 		"--listen=127.0.0.1:0", "--log-format=json", "--min-interval=0")
@@ -566,4 +543,38 @@ func TestStartupRefusesInvalidContent(t *testing.T) {
 	newCrt, newKey := tlsPair(t, now.Add(-time.Minute), now.Add(time.Hour))
 	write(t, vol, map[string]string{"tls.crt": newCrt, "tls.key": newKey, secretKey: secretValue("three")})
 	waitFor(t, "the SIGHUP for the valid pair", func() bool { return len(app.events("hup")) == 1 })
+}
+
+// foreignApp copies the test binary, as the app (name) and "agent", into a
+// directory every user can read, makes the kubelet volume db-creds holding
+// "one" beside them, and starts the app as user 65534; it returns once the
+// app has started.
+func foreignApp(t *testing.T, name string) (shared, dir string, vol *kubelettest.Writer, app *testApp) {
+	t.Helper()
+	shared = openDir(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{name, "agent"} {
+		if err := os.WriteFile(filepath.Join(shared, n), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir = filepath.Join(shared, "db-creds")
+	vol = newVolume(t, dir, secretPayload("one"))
+	app = &testApp{exe: filepath.Join(shared, name), log: filepath.Join(shared, "app.log"), secret: filepath.Join(dir, secretKey)}
+	appCmd := exec.Command(app.exe)
+	appCmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=app", "APP_LOG="+app.log, "APP_SECRET="+app.secret)
+	appCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := appCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = appCmd.Process.Kill(); _ = appCmd.Wait() })
+	waitFor(t, "the app to start", func() bool { return app.has("start ") })
+	return shared, dir, vol, app
 }

@@ -283,31 +283,7 @@ func TestStatusStartupStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shared := openDir(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"stale-app", "agent"} {
-		if err := os.WriteFile(filepath.Join(shared, name), b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := filepath.Join(shared, "db-creds")
-	vol := newVolume(t, dir, secretPayload("one"))
-	app := &testApp{exe: filepath.Join(shared, "stale-app"), log: filepath.Join(shared, "app.log"), secret: filepath.Join(dir, secretKey)}
-	appCmd := exec.Command(app.exe)
-	appCmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "AGENT_TEST_HELPER=app", "APP_LOG="+app.log, "APP_SECRET="+app.secret)
-	appCmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	if err := appCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = appCmd.Process.Kill(); _ = appCmd.Wait() })
-	waitFor(t, "the app to start", func() bool { return app.has("start ") })
+	shared, dir, vol, app := foreignApp(t, "stale-app")
 	time.Sleep(25 * time.Millisecond) // the app starts certainly before the update
 	write(t, vol, secretPayload("two"))
 
