@@ -104,25 +104,6 @@ func noLeases(cl *cluster) error {
 // update) that reads managedFields with a get.
 var notExercised = map[string]bool{}
 
-// verbGroups are the verbs that are removed together: list and watch stand
-// in for each other (client-go's informers stream their initial list over a
-// watch, and without watch the reflector lists again and again), so either
-// alone passes every scenario, only slower; the Job needs the pair.
-func verbGroups(verbs []string) [][]string {
-	var out [][]string
-	pair := slices.Contains(verbs, "list") && slices.Contains(verbs, "watch")
-	if pair {
-		out = append(out, []string{"list", "watch"})
-	}
-	for _, v := range verbs {
-		if pair && (v == "list" || v == "watch") {
-			continue
-		}
-		out = append(out, []string{v})
-	}
-	return out
-}
-
 func loadRole(t *testing.T, file string) rbacv1.Role {
 	t.Helper()
 	raw, err := os.ReadFile(file)
@@ -184,7 +165,7 @@ func TestAPIShippedRoleEnoughAndNoMore(t *testing.T) {
 	}
 	var muts []mutation
 	for i, rule := range shipped.Rules {
-		for _, v := range verbGroups(rule.Verbs) {
+		for _, v := range apitest.VerbGroups(rule.Verbs) {
 			m := *shipped.DeepCopy()
 			m.Rules[i].Verbs = slices.DeleteFunc(slices.Clone(rule.Verbs), func(x string) bool { return slices.Contains(v, x) })
 			if len(m.Rules[i].Verbs) == 0 {
@@ -269,7 +250,7 @@ func TestAPIRefreshRoleEnoughAndNoMore(t *testing.T) {
 			t.Errorf("refresh under the shipped Role: %v", err)
 		}
 	})
-	for _, v := range verbGroups(shipped.Rules[0].Verbs) {
+	for _, v := range apitest.VerbGroups(shipped.Rules[0].Verbs) {
 		name := strings.Join(v, "+")
 		t.Run("without "+name, func(t *testing.T) {
 			m := *shipped.DeepCopy()

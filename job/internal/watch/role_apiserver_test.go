@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/k8secrets/k8secrets/internal/apitest"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -129,7 +130,7 @@ func TestAPIWatchRoleEnoughAndNoMore(t *testing.T) {
 		return
 	}
 	for i, rule := range shipped.Rules {
-		for _, verbs := range verbGroups(rule.Verbs) {
+		for _, verbs := range apitest.VerbGroups(rule.Verbs) {
 			m := *shipped.DeepCopy()
 			m.Rules[i].Verbs = slices.DeleteFunc(slices.Clone(rule.Verbs), func(v string) bool { return slices.Contains(verbs, v) })
 			if len(m.Rules[i].Verbs) == 0 {
@@ -153,21 +154,4 @@ func TestAPIWatchRoleEnoughAndNoMore(t *testing.T) {
 			})
 		}
 	}
-}
-
-// verbGroups: list and watch are removed together (an informer needs both;
-// either alone degrades to relisting), every other verb alone.
-func verbGroups(verbs []string) [][]string {
-	var out [][]string
-	pair := slices.Contains(verbs, "list") && slices.Contains(verbs, "watch")
-	if pair {
-		out = append(out, []string{"list", "watch"})
-	}
-	for _, v := range verbs {
-		if pair && (v == "list" || v == "watch") {
-			continue
-		}
-		out = append(out, []string{v})
-	}
-	return out
 }
