@@ -141,7 +141,7 @@ func newRig(t *testing.T) *rig {
 	r.secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "100"}, Data: map[string][]byte{"password": []byte("v0")}}
 	r.c = New(r.client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
-		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk,
+		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk, Metrics: NewMetrics(),
 		Verify: func(ctx context.Context, ns, secret string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
 			r.rotations = append(r.rotations, r.secret.ResourceVersion)
 			return 2, 2, nil, nil
