@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -273,9 +274,120 @@ func TestChartRolesMatchManifests(t *testing.T) {
 		t.Errorf("ClusterRole k8secrets-refresh rules = %+v; want %+v", got, refresh)
 	}
 	for _, o := range objs {
-		if o.GetKind() == "Role" || o.GetKind() == "RoleBinding" {
+		// The watch's Lease is namespaced: its Role stays in the release
+		// namespace, as in manifests/watch-cluster.
+		if (o.GetKind() == "Role" || o.GetKind() == "RoleBinding") && (o.GetName() != "k8secrets-watch" || o.GetNamespace() != namespace) {
 			t.Errorf("cluster-wide, the chart renders %s %s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
 		}
+	}
+}
+
+// The watch's Roles are manifests/watch/role.yaml's in each namespace it
+// serves and in the release namespace (its Lease); cluster-wide, its
+// ClusterRole is manifests/watch-cluster/clusterrole.yaml's, and it is
+// rendered only then.
+func TestChartWatchRolesMatchManifests(t *testing.T) {
+	role := fileRules(t, filepath.Join("..", "manifests", "watch", "role.yaml"))
+	clusterRole := fileRules(t, filepath.Join("..", "manifests", "watch-cluster", "clusterrole.yaml"))
+
+	objs := objects(t, render(t, "-f", filepath.Join(chart, "ci", "watch-values.yaml")))
+	for _, ns := range []string{"shop", "billing"} {
+		if got := rulesOf(t, find(t, objs, "Role", ns, "k8secrets-watch")); !reflect.DeepEqual(got, role) {
+			t.Errorf("Role %s/k8secrets-watch rules = %+v; want those of manifests/watch/role.yaml: %+v", ns, got, role)
+		}
+		checkWatchBinding(t, find(t, objs, "RoleBinding", ns, "k8secrets-watch"), "Role")
+	}
+	for _, o := range objs {
+		if o.GetKind() == "ClusterRole" || o.GetKind() == "ClusterRoleBinding" {
+			t.Errorf("namespaced, the chart renders %s %s", o.GetKind(), o.GetName())
+		}
+	}
+
+	// Serving another namespace than the release's, the release namespace
+	// still gets the Role, for the Lease.
+	objs = objects(t, render(t, "--set", "namespaces[0].name=shop", "--set", "namespaces[0].secrets[0]=s",
+		"--set", "watch.enabled=true", "--set", "watch.namespaces[0]=billing"))
+	for _, ns := range []string{"shop", "billing"} {
+		if got := rulesOf(t, find(t, objs, "Role", ns, "k8secrets-watch")); !reflect.DeepEqual(got, role) {
+			t.Errorf("Role %s/k8secrets-watch rules = %+v; want those of manifests/watch/role.yaml: %+v", ns, got, role)
+		}
+	}
+
+	objs = objects(t, render(t, "-f", filepath.Join(chart, "ci", "clusterwide-values.yaml")))
+	if got := rulesOf(t, find(t, objs, "ClusterRole", "", "k8secrets-watch")); !reflect.DeepEqual(got, clusterRole) {
+		t.Errorf("ClusterRole k8secrets-watch rules = %+v; want those of manifests/watch-cluster/clusterrole.yaml: %+v", got, clusterRole)
+	}
+	checkWatchBinding(t, find(t, objs, "ClusterRoleBinding", "", "k8secrets-watch"), "ClusterRole")
+	if got := rulesOf(t, find(t, objs, "Role", namespace, "k8secrets-watch")); !reflect.DeepEqual(got, role) {
+		t.Errorf("Role %s/k8secrets-watch rules = %+v; want those of manifests/watch/role.yaml: %+v", namespace, got, role)
+	}
+}
+
+// checkWatchBinding checks a binding gives its role to the watch's
+// ServiceAccount of the release namespace.
+func checkWatchBinding(t *testing.T, o *unstructured.Unstructured, roleKind string) {
+	t.Helper()
+	var b rbacv1.RoleBinding // the same fields as a ClusterRoleBinding
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &b); err != nil {
+		t.Fatal(err)
+	}
+	want := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "k8secrets-watch", Namespace: namespace}}
+	if b.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: roleKind, Name: "k8secrets-watch"}) || !reflect.DeepEqual(b.Subjects, want) {
+		t.Errorf("%s %s/%s binds %+v to %+v; want %s k8secrets-watch to %+v", o.GetKind(), o.GetNamespace(), o.GetName(), b.RoleRef, b.Subjects, roleKind, want)
+	}
+}
+
+// The watch's Deployment is manifests/watch/deployment.yaml's: the same pod
+// spec but for the image, the resources and the arguments the values set
+// (those of the manifest first), in the release namespace.
+func TestChartWatchDeploymentMatchesManifests(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "manifests", "watch", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want appsv1.Deployment
+	if err := yaml.UnmarshalStrict(b, &want); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		values string
+		args   []string
+	}{
+		{"watch-values.yaml", []string{"--namespace=shop,billing", "--lease-namespace=shop", "--min-interval=30s", "--breaker-changes=5", "--breaker-window=10m", "--verify-timeout=3m"}},
+		{"clusterwide-values.yaml", []string{"--all-namespaces", "--lease-namespace=shop", "--min-interval=10s", "--breaker-changes=10", "--breaker-window=5m", "--verify-timeout=2m"}},
+	} {
+		t.Run(c.values, func(t *testing.T) {
+			o := find(t, objects(t, render(t, "-f", filepath.Join(chart, "ci", c.values))), "Deployment", namespace, "k8secrets-watch")
+			var got appsv1.Deployment
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &got); err != nil {
+				t.Fatal(err)
+			}
+			if *got.Spec.Replicas != *want.Spec.Replicas {
+				t.Errorf("replicas = %d; want %d", *got.Spec.Replicas, *want.Spec.Replicas)
+			}
+			gc, wc := got.Spec.Template.Spec.Containers[0], want.Spec.Template.Spec.Containers[0]
+			if wantArgs := append(append([]string{}, wc.Args...), c.args...); !reflect.DeepEqual(gc.Args, wantArgs) {
+				t.Errorf("args = %q; want %q", gc.Args, wantArgs)
+			}
+			if gc.Image != "ghcr.io/k8secrets/k8secrets-job:latest" {
+				t.Errorf("image = %q; want that of image: ghcr.io/k8secrets/k8secrets-job:latest", gc.Image)
+			}
+			if !reflect.DeepEqual(gc.Resources, wc.Resources) {
+				t.Errorf("resources = %+v; want the manifest's defaults %+v", gc.Resources, wc.Resources)
+			}
+			gs, ws := got.Spec.Template.Spec.DeepCopy(), want.Spec.Template.Spec.DeepCopy()
+			for _, s := range []*corev1.PodSpec{gs, ws} {
+				s.Containers[0].Args, s.Containers[0].Image = nil, ""
+			}
+			if !reflect.DeepEqual(gs, ws) {
+				t.Errorf("pod spec = %+v; want that of manifests/watch/deployment.yaml: %+v", gs, ws)
+			}
+			for k, v := range want.Spec.Template.Labels {
+				if got.Spec.Template.Labels[k] != v || got.Spec.Selector.MatchLabels[k] != v {
+					t.Errorf("pod template labels %v, selector %v; want %s=%s in both", got.Spec.Template.Labels, got.Spec.Selector.MatchLabels, k, v)
+				}
+			}
+		})
 	}
 }
 
@@ -337,6 +449,25 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"ServiceAccount subject without a namespace", append(inject, "--set", "refresh.enabled=true", "--set", "refresh.subjects[0].kind=ServiceAccount", "--set", "refresh.subjects[0].name=ci"),
 			append(inject, "--set", "refresh.enabled=true", "--set", "refresh.subjects[0].kind=ServiceAccount", "--set", "refresh.subjects[0].name=ci", "--set", "refresh.subjects[0].namespace=ci"),
 			[]string{"namespace"}},
+		{"misspelt watch key", append(inject, "--set", "watch.enabled=true", "--set", "watch.minInteval=30s"), append(inject, "--set", "watch.enabled=true", "--set", "watch.minInterval=30s"),
+			[]string{"additional properties", "minInteval"}},
+		{"string for watch.enabled", append(inject, "--set-string", "watch.enabled=yes"), append(inject, "--set", "watch.enabled=true"),
+			[]string{"watch", "enabled", "boolean"}},
+		{"string for watch.breakerChanges", append(inject, "--set", "watch.enabled=true", "--set-string", "watch.breakerChanges=ten"), append(inject, "--set", "watch.enabled=true", "--set", "watch.breakerChanges=10"),
+			[]string{"breakerChanges", "integer"}},
+		{"no watch replica", append(inject, "--set", "watch.enabled=true", "--set", "watch.replicas=0"), append(inject, "--set", "watch.enabled=true", "--set", "watch.replicas=1"),
+			[]string{"replicas"}},
+		{"watch duration without a unit", append(inject, "--set", "watch.enabled=true", "--set-string", "watch.verifyTimeout=120"), append(inject, "--set", "watch.enabled=true", "--set", "watch.verifyTimeout=120s"),
+			[]string{"verifyTimeout"}},
+		{"watch.namespaces not a list", append(inject, "--set", "watch.enabled=true", "--set", "watch.namespaces=shop"), append(inject, "--set", "watch.enabled=true", "--set", "watch.namespaces[0]=shop"),
+			[]string{"namespaces", "array"}},
+		{"bad watch namespace name", append(inject, "--set", "watch.enabled=true", "--set", "watch.namespaces[0]=Shop_1"), append(inject, "--set", "watch.enabled=true", "--set", "watch.namespaces[0]=shop-1"),
+			[]string{"namespaces"}},
+		{"misspelt watch image key", append(inject, "--set", "watch.enabled=true", "--set", "watch.image.repo=x"), append(inject, "--set", "watch.enabled=true", "--set", "watch.image.repository=x"),
+			[]string{"additional properties", "repo"}},
+		{"watch.namespaces and cluster-wide", []string{"--set", "clusterWide.enabled=true", "--set", "clusterWide.secrets[0]=s", "--set", "watch.enabled=true", "--set", "watch.namespaces[0]=shop"},
+			[]string{"--set", "clusterWide.enabled=true", "--set", "clusterWide.secrets[0]=s", "--set", "watch.enabled=true"},
+			[]string{"watch.namespaces and clusterWide.enabled"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -474,7 +605,7 @@ func TestAPIChartDryRun(t *testing.T) {
 			}
 		})
 	}
-	for _, k := range []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Job", "PodMonitor", "PrometheusRule"} {
+	for _, k := range []string{"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Job", "PodMonitor", "PrometheusRule", "Deployment"} {
 		if !kinds[k] {
 			t.Errorf("no example renders a %s: add one under %s/ci", k, chart)
 		}
@@ -588,6 +719,23 @@ func TestAPIChartRBACScope(t *testing.T) {
 			{"billing", "patch", "deployments", "apps", "shop", "web", false},
 		})
 	})
+	t.Run("watch", func(t *testing.T) {
+		// Served: shop (the release namespace, its Lease) and billing.
+		apply(t, render(t, "-f", filepath.Join(chart, "ci", "watch-values.yaml")))
+		w := "shop:k8secrets-watch"
+		check(t, []access{
+			{w, "watch", "secrets", "", "billing", "", true},
+			{w, "list", "secrets", "", "shop", "", true},
+			{w, "get", "secrets", "", "shop", "db-creds", false},
+			{w, "patch", "pods", "", "billing", "web-1", true},
+			{w, "patch", "deployments", "apps", "billing", "web", true},
+			{w, "update", "deployments", "apps", "billing", "web", false},
+			{w, "update", "leases", "coordination.k8s.io", "shop", "k8secrets-watch", true},
+			{w, "delete", "leases", "coordination.k8s.io", "shop", "k8secrets-watch", false},
+			{w, "list", "secrets", "", "other", "", false},
+			{w, "patch", "pods", "", "other", "web-1", false},
+		})
+	})
 	t.Run("cluster-wide", func(t *testing.T) {
 		// Another release namespace than the examples', so that the Roles
 		// of the namespaced case cannot answer for it.
@@ -603,6 +751,11 @@ func TestAPIChartRBACScope(t *testing.T) {
 			{"ops", "patch", "deployments", "apps", "anywhere", "web", true},
 			{"ops", "update", "deployments", "apps", "anywhere", "web", false},
 			{"ops", "create", "leases", "coordination.k8s.io", "anywhere", "", true},
+			{"ops:k8secrets-watch", "watch", "secrets", "", "anywhere", "", true},
+			{"ops:k8secrets-watch", "patch", "pods", "", "anywhere", "web-1", true},
+			{"ops:k8secrets-watch", "update", "leases", "coordination.k8s.io", "ops", "k8secrets-watch", true},
+			{"ops:k8secrets-watch", "update", "leases", "coordination.k8s.io", "anywhere", "k8secrets-watch", false},
+			{"ops:k8secrets-watch", "get", "secrets", "", "anywhere", "db-creds", false},
 		})
 	})
 }

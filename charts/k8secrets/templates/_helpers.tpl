@@ -132,3 +132,57 @@ of .secrets. chart_test.go compares them with that file.
 {{- $unit := regexFind "[smh]$" . -}}
 {{- if eq $unit "h" }}{{ mul $n 3600 }}{{ else if eq $unit "m" }}{{ mul $n 60 }}{{ else }}{{ $n }}{{ end -}}
 {{- end }}
+
+{{/*
+k8secrets.watchRules: the rules of manifests/watch/role.yaml (with
+.leases, the Lease rule; without, those of
+manifests/watch-cluster/clusterrole.yaml). chart_test.go compares them
+with those files.
+*/}}
+{{- define "k8secrets.watchRules" -}}
+# One informer per injected Secret, by name: its data tells a rotation
+# from a metadata change.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [list, watch]
+# The refresh: find the pods that mount the Secret, annotate them, and
+# watch restarting pods, and the verification, until Ready.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, patch]
+# Informers on the injected workloads only; patch records on the
+# workload's own metadata what it last rotated to.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [list, watch, patch]
+{{- if .leases }}
+# Leader election: one replica acts; on SIGTERM it releases the Lease.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end }}
+# Refreshed, Verified, ReloadFailed and RotationSuspended Events.
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/*
+k8secrets.watchNamespaces: the namespaces the watch serves, as a JSON list:
+watch.namespaces, or the release namespace alone. Empty when
+clusterWide.enabled (it serves every namespace).
+*/}}
+{{- define "k8secrets.watchNamespaces" -}}
+{{- if .Values.clusterWide.enabled -}}
+{{- if .Values.watch.namespaces -}}
+{{- fail "watch.namespaces and clusterWide.enabled exclude each other: cluster-wide, the watch serves every namespace (--all-namespaces); drop one" -}}
+{{- end -}}
+{{- toJson list -}}
+{{- else -}}
+{{- $list := .Values.watch.namespaces | default (list .Release.Namespace) -}}
+{{- if ne (len $list) (len ($list | uniq)) -}}
+{{- fail (printf "watch.namespaces lists a namespace twice: %v" $list) -}}
+{{- end -}}
+{{- toJson $list -}}
+{{- end -}}
+{{- end }}
