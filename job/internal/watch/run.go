@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -157,7 +158,7 @@ func Run(ctx context.Context, client kubernetes.Interface, e Election, listen st
 		waitWork()
 		stopElector()
 		<-ran
-		log.Info("stopped; lease released", "lease", e.Namespace+"/"+e.Name)
+		logRelease(client, e, log)
 		return nil
 	case <-ran:
 		waitWork()
@@ -167,5 +168,23 @@ func Run(ctx context.Context, client kubernetes.Interface, e Election, listen st
 			return runErr
 		}
 		return fmt.Errorf("%w %s/%s: renewals failed or another replica took it over; restart to stand by", ErrLost, e.Namespace, e.Name)
+	}
+}
+
+// logRelease says whether the lease was released on the way out: the
+// elector's release is an update that can be refused (a Role deleted
+// before its pods, as helm uninstall does), and then the lease names this
+// replica until it expires.
+func logRelease(client kubernetes.Interface, e Election, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l, err := client.CoordinationV1().Leases(e.Namespace).Get(ctx, e.Name, metav1.GetOptions{})
+	switch {
+	case err != nil:
+		log.Warn("stopped; cannot read the lease to confirm its release", "lease", e.Namespace+"/"+e.Name, "error", err)
+	case l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == e.Identity:
+		log.Warn("stopped; the lease was not released: a standby takes over when it expires", "lease", e.Namespace+"/"+e.Name, "expiresIn", LeaseDuration)
+	default:
+		log.Info("stopped; lease released", "lease", e.Namespace+"/"+e.Name)
 	}
 }
