@@ -408,6 +408,24 @@ func TestChartPrometheusRuleMatchesManifests(t *testing.T) {
 	}
 }
 
+// The chart's dashboard ConfigMap carries manifests/monitoring's dashboard,
+// byte for byte.
+func TestChartDashboardMatchesManifests(t *testing.T) {
+	want, err := os.ReadFile(filepath.Join("..", "manifests", "monitoring", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := objects(t, render(t, "-f", filepath.Join(chart, "ci", "watch-values.yaml")))
+	cm := find(t, objs, "ConfigMap", namespace, "k8secrets-dashboard")
+	if l := cm.GetLabels()["grafana_dashboard"]; l != "1" {
+		t.Errorf("dashboard ConfigMap label grafana_dashboard = %q; want \"1\" (Grafana's sidecar selects by it)", l)
+	}
+	got, _, _ := unstructured.NestedString(cm.Object, "data", "grafana-dashboard.json")
+	if strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
+		t.Errorf("the chart's dashboard differs from manifests/monitoring/grafana-dashboard.json: copy it to %s/files/grafana-dashboard.json", chart)
+	}
+}
+
 // The schema and the chart's checks refuse bad values, each with a message
 // that names the value. Each case's good twin renders, so the refusal is the
 // bad value's.
