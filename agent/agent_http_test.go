@@ -6,16 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/k8secrets/k8secrets/agent/internal/certs"
 	"github.com/k8secrets/k8secrets/agent/internal/kubelettest"
+	"github.com/k8secrets/k8secrets/internal/promcheck"
 )
 
 // TestCertificateAheadReloadedWhenValid: a certificate whose NotBefore is
@@ -78,7 +76,7 @@ func TestAlertRules(t *testing.T) {
 		out := map[string]bool{}
 		for name, r := range rules {
 			for series, v := range samples {
-				if (series == r.metric || strings.HasPrefix(series, r.metric+"{")) && v == r.value {
+				if (series == r.Metric || strings.HasPrefix(series, r.Metric+"{")) && r.Holds(v) {
 					out[name] = true
 				}
 			}
@@ -142,51 +140,22 @@ func startTLSAndCreds(t *testing.T) tlsAndCreds {
 	return f
 }
 
-type alertRule struct {
-	metric string
-	value  float64
-}
-
-// ruleExpr is the one form of expression the shipped rules use, which this
-// test can evaluate: max by (...) (METRIC) == N.
-var ruleExpr = regexp.MustCompile(`^max by \([a-z_, ]+\) \((k8secrets_agent_[a-z_]+)\) == ([0-9]+)$`)
-
-// alertRules reads manifests/monitoring/prometheusrule.yaml.
-func alertRules(t *testing.T) map[string]alertRule {
+// alertRules reads the agent's alerts of manifests/monitoring/prometheusrule.yaml.
+func alertRules(t *testing.T) map[string]promcheck.Rule {
 	t.Helper()
-	b, err := os.ReadFile("../manifests/monitoring/prometheusrule.yaml")
+	rules, err := promcheck.AlertRules("../manifests/monitoring/prometheusrule.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pr struct {
-		Kind string
-		Spec struct {
-			Groups []struct {
-				Rules []struct {
-					Alert, Expr, For string
-				}
-			}
+	out := map[string]promcheck.Rule{}
+	for _, r := range rules {
+		if !strings.HasPrefix(r.Metric, "k8secrets_agent_") {
+			continue
 		}
-	}
-	if err := yaml.Unmarshal(b, &pr); err != nil {
-		t.Fatal(err)
-	}
-	if pr.Kind != "PrometheusRule" {
-		t.Fatalf("kind %q; want PrometheusRule", pr.Kind)
-	}
-	out := map[string]alertRule{}
-	for _, g := range pr.Spec.Groups {
-		for _, r := range g.Rules {
-			m := ruleExpr.FindStringSubmatch(strings.TrimSpace(r.Expr))
-			if m == nil {
-				t.Fatalf("alert %s: expression %q is not of the form this test evaluates", r.Alert, r.Expr)
-			}
-			if r.For != "5m" {
-				t.Errorf("alert %s: for %q; want 5m", r.Alert, r.For)
-			}
-			v, _ := strconv.ParseFloat(m[2], 64)
-			out[r.Alert] = alertRule{metric: m[1], value: v}
+		if r.For != "5m" {
+			t.Errorf("alert %s: for %q; want 5m", r.Alert, r.For)
 		}
+		out[r.Alert] = r
 	}
 	for _, want := range []string{"K8secretsAgentReloadFailing", "K8secretsAgentContentRefused"} {
 		if _, ok := out[want]; !ok {
