@@ -122,7 +122,7 @@ func (b *bench) startWatch(ctx context.Context, ns string, extra ...string) (fun
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"watch", "-n", ns, "--kubeconfig", b.kubeconfig, "--verify-via", "proxy",
+	args := append([]string{"watch", "-n", ns, "--kubeconfig", b.kubeconfig,
 		"--lease-namespace", ns, "--listen", addr}, extra...)
 	wctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(wctx, b.job, args...)
