@@ -2,9 +2,12 @@
 // running app through k8secrets, on the kind cluster with the kubelet's
 // default sync period (make bench-propagation):
 //
-//   - with refresh: update the Secret, run `k8secrets-job refresh` right
-//     after, one update at a time (-refresh-updates of them, each reaching
-//     every replica of one Deployment);
+//   - side by side (-series, see watch.go), one Deployment of -replicas
+//     pods each, one update at a time, the order rotated at each update
+//     (-refresh-updates per series): `k8secrets-job watch` running (until
+//     its Verified Event), `k8secrets-job refresh` right after the update
+//     (it waits for and verifies every pod), and what Reloader does, a
+//     rollout restart (until all new pods are Ready);
 //   - without refresh: the kubelet's periodic sync delivers the update.
 //     That takes about a minute per update, so -periodic-pods Deployments,
 //     each with its own Secret, are updated concurrently, -periodic-rounds
@@ -21,6 +24,7 @@
 // Usage:
 //
 //	propagation -tag TAG [-job bin/k8secrets-job] [-kubeconfig FILE]
+//	propagation -tag TAG -flap    # the flapping check only (watch.go)
 //
 // The k8secrets-agent:TAG and k8secrets-demo:TAG images must be loaded into
 // the cluster (make load-images). It prints p50, p95 and max of each series.
