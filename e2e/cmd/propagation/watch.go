@@ -375,6 +375,16 @@ func (b *bench) flapping(ctx context.Context, o options) error {
 	if counts["RotationSuspended"] == 0 {
 		errs = append(errs, errors.New("no RotationSuspended Event: the breaker did not trip"))
 	}
+	pods, err := b.pods(ctx, ns, name)
+	if err != nil {
+		return err
+	}
+	var before []string
+	for _, p := range pods {
+		st, err := b.app(ctx, ns, p.Name)
+		before = append(before, fmt.Sprintf("%s=%s (err %v)", p.Name, st.Version, err))
+	}
+	fmt.Printf("  before the resume the pods serve: %s\n", strings.Join(before, ", "))
 	// Resume: the watch rotates once, to the last content.
 	s, err := b.client.CoreV1().Secrets(ns).Get(ctx, secret, metav1.GetOptions{})
 	if err != nil {
@@ -389,18 +399,17 @@ func (b *bench) flapping(ctx context.Context, o options) error {
 	if _, err := b.client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
-	pods, err := b.pods(ctx, ns, name)
-	if err != nil {
-		return err
-	}
 	for _, p := range pods {
 		if _, err := b.waitLoaded(ctx, ns, p.Name, last, 100*time.Millisecond, 2*time.Minute); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	fmt.Printf("  after the resume annotation: every pod (%d) serves %s (the last) within %.1fs\n", len(pods), last, time.Since(resumed).Seconds())
-	time.Sleep(3 * time.Second)
-	collect()
+	verified := counts["Verified"]
+	for deadline := time.Now().Add(30 * time.Second); counts["Verified"] == verified && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		collect()
+	}
 	fmt.Printf("  Events on the Deployment in all: %v\n", counts)
 	return errors.Join(errs...)
 }
