@@ -2,9 +2,12 @@
 // running app through k8secrets, on the kind cluster with the kubelet's
 // default sync period (make bench-propagation):
 //
-//   - with refresh: update the Secret, run `k8secrets-job refresh` right
-//     after, one update at a time (-refresh-updates of them, each reaching
-//     every replica of one Deployment);
+//   - side by side (-series, see watch.go), one Deployment of -replicas
+//     pods each, one update at a time, the order rotated at each update
+//     (-refresh-updates per series): `k8secrets-job watch` running (until
+//     its Verified Event), `k8secrets-job refresh` right after the update
+//     (it waits for and verifies every pod), and what Reloader does, a
+//     rollout restart (until all new pods are Ready);
 //   - without refresh: the kubelet's periodic sync delivers the update.
 //     That takes about a minute per update, so -periodic-pods Deployments,
 //     each with its own Secret, are updated concurrently, -periodic-rounds
@@ -21,6 +24,7 @@
 // Usage:
 //
 //	propagation -tag TAG [-job bin/k8secrets-job] [-kubeconfig FILE]
+//	propagation -tag TAG -flap    # the flapping check only (watch.go)
 //
 // The k8secrets-agent:TAG and k8secrets-demo:TAG images must be loaded into
 // the cluster (make load-images). It prints p50, p95 and max of each series.
@@ -61,6 +65,9 @@ type options struct {
 	maxOffset, settle            time.Duration
 	skipPeriodic, keep           bool
 	out                          string
+	series                       string
+	flap                         bool
+	flapFor, flapEvery           time.Duration
 }
 
 func main() {
@@ -76,12 +83,16 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", defKubeconfig, "kubeconfig of the cluster (default: $KIND_KUBECONFIG, else the kind cluster's of make cluster)")
 	flag.StringVar(&o.job, "job", defaultJob(), "the k8secrets-job binary (default: $BIN/k8secrets-job, else bin/ of the repository)")
 	flag.StringVar(&o.tag, "tag", "", "tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster (required)")
-	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of the series with refresh")
-	flag.IntVar(&o.replicas, "replicas", 2, "replicas of the Deployment of the series with refresh; an update counts when every replica reloaded it")
+	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of each side-by-side series (watch, refresh, rollout)")
+	flag.IntVar(&o.replicas, "replicas", 2, "replicas of the Deployment of each side-by-side series; an update counts when every replica reloaded it")
 	flag.IntVar(&o.periodicPods, "periodic-pods", 12, "Deployments (one pod, one Secret each) updated concurrently in the series without refresh")
 	flag.IntVar(&o.periodicRounds, "periodic-rounds", 2, "rounds of the series without refresh (samples = pods × rounds)")
 	flag.DurationVar(&o.maxOffset, "max-offset", time.Minute, "each update of the series without refresh waits a random time up to this first")
 	flag.DurationVar(&o.settle, "settle", 20*time.Second, "wait after the pods are Ready before the series without refresh (any change to a pod, its own status included, makes the kubelet resync it)")
+	flag.StringVar(&o.series, "series", "watch,refresh,rollout", "series measured side by side, one update of each in turn (watch, refresh, rollout; see watch.go)")
+	flag.BoolVar(&o.flap, "flap", false, "run only the flapping check: the Secret updated every -flap-every for -flap-for, the watch at its defaults")
+	flag.DurationVar(&o.flapFor, "flap-for", time.Minute, "duration of the flapping check")
+	flag.DurationVar(&o.flapEvery, "flap-every", time.Second, "update period of the flapping check")
 	flag.BoolVar(&o.skipPeriodic, "skip-periodic", false, "measure only the series with refresh")
 	flag.BoolVar(&o.keep, "keep", false, "keep the namespaces")
 	flag.StringVar(&o.out, "o", "", "also write every sample as JSON to this file")
@@ -153,17 +164,22 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	fmt.Printf("kubelet syncFrequency (node /configz): %s\n", freq)
+	if o.flap {
+		return b.flapping(ctx, o)
+	}
 
 	var all []sample
 	start := time.Now()
 	load := map[string]string{}
 	l0 := loadAverage()
-	refreshed, err := b.withRefresh(ctx, o)
-	all = append(all, refreshed...)
+	side, err := b.sideBySide(ctx, o)
+	for _, s := range strings.Split(o.series, ",") {
+		all = append(all, side[s]...)
+	}
 	if err != nil {
 		return err
 	}
-	load["refresh"] = l0 + " → " + loadAverage()
+	load["side"] = l0 + " → " + loadAverage()
 	var periodic []sample
 	if !o.skipPeriodic {
 		l0 = loadAverage()
@@ -181,8 +197,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 	}
 	fmt.Printf("\nSecret update start → demo app reloaded (its own \"loaded\" time), kubelet syncFrequency %s, wall time %s\n", freq, time.Since(start).Round(time.Second))
-	fmt.Printf("%-34s %7s %8s %8s %8s %8s  %s\n", "series", "samples", "min", "p50", "p95", "max", "load average 1m (start → end)")
-	fmt.Println(summary("with refresh (every replica)", refreshed) + "  " + load["refresh"])
+	fmt.Printf("%-50s %7s %8s %8s %8s %8s  %s\n", "series", "samples", "min", "p50", "p95", "max", "load average 1m (start → end)")
+	names := map[string]string{seriesWatch: "watch (Verified Event, every replica)", seriesRefresh: "refresh --wait (every replica)", seriesRollout: "rollout restart (all new pods Ready)"}
+	for _, s := range strings.Split(o.series, ",") {
+		fmt.Println(summary(fmt.Sprintf("%s, %d replicas", names[s], o.replicas), side[s]) + "  " + load["side"])
+	}
 	if !o.skipPeriodic {
 		fmt.Println(summary("without refresh", periodic) + "  " + load["periodic"])
 	}
@@ -202,14 +221,14 @@ func loadAverage() string {
 // summary is a table row: nearest-rank percentiles of the samples.
 func summary(name string, ss []sample) string {
 	if len(ss) == 0 {
-		return fmt.Sprintf("%-34s %7d", name, 0)
+		return fmt.Sprintf("%-50s %7d", name, 0)
 	}
 	v := make([]float64, len(ss))
 	for i, s := range ss {
 		v[i] = s.Seconds
 	}
 	slices.Sort(v)
-	return fmt.Sprintf("%-34s %7d %7.2fs %7.2fs %7.2fs %7.2fs", name, len(v), v[0], pct(v, 50), pct(v, 95), v[len(v)-1])
+	return fmt.Sprintf("%-50s %7d %7.2fs %7.2fs %7.2fs %7.2fs", name, len(v), v[0], pct(v, 50), pct(v, 95), v[len(v)-1])
 }
 
 // pct is the nearest-rank percentile of sorted values.
@@ -446,55 +465,6 @@ func data(version string) map[string][]byte {
 	p := make([]byte, 16)
 	_, _ = rand.Read(p)
 	return map[string][]byte{"version": []byte(version), "password": []byte(hex.EncodeToString(p))}
-}
-
-// withRefresh: one Deployment; each update is followed at once by
-// `k8secrets-job refresh` (a new process, as from a CI pipeline), and counts
-// when every replica reloaded it.
-func (b *bench) withRefresh(ctx context.Context, o options) ([]sample, error) {
-	ns, cleanup, err := b.namespace(ctx, "prop-refresh-", o.keep)
-	if err != nil {
-		return nil, err
-	}
-	defer cleanup()
-	const name, secret = "demo", "demo-secret"
-	if err := b.deploy(ctx, ns, name, secret, int32(o.replicas)); err != nil {
-		return nil, err
-	}
-	pods, err := b.pods(ctx, ns, name)
-	if err != nil {
-		return nil, err
-	}
-	b.log.Info("series with refresh", "updates", o.refreshUpdates, "pods", len(pods))
-	var out []sample
-	for i := 1; i <= o.refreshUpdates; i++ {
-		// The agent reloads at most once per --min-interval (1s): leave it.
-		time.Sleep(1500 * time.Millisecond)
-		version := fmt.Sprintf("r%d", i)
-		start := time.Now()
-		if err := b.update(ctx, ns, secret, version); err != nil {
-			return out, err
-		}
-		updated := time.Since(start)
-		cmd := exec.CommandContext(ctx, b.job, "refresh", "--secret", secret, "-n", ns, "--kubeconfig", b.kubeconfig)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("k8secrets-job refresh: %v\n%s", err, out)
-		}
-		refreshed := time.Since(start)
-		var latest time.Duration
-		for _, p := range pods {
-			loaded, err := b.waitLoaded(ctx, ns, p.Name, version, 20*time.Millisecond, 150*time.Second)
-			if err != nil {
-				return out, err
-			}
-			latest = max(latest, loaded.Sub(start))
-		}
-		s := sample{Series: "refresh", Update: i, Seconds: latest.Seconds(),
-			Detail: fmt.Sprintf("update call done %.3fs, refresh done %.3fs", updated.Seconds(), refreshed.Seconds())}
-		b.log.Info("update", "series", s.Series, "n", i, "seconds", fmt.Sprintf("%.3f", s.Seconds), "detail", s.Detail)
-		out = append(out, s)
-	}
-	return out, nil
 }
 
 // withoutRefresh: -periodic-pods Deployments of one pod, each with its own
