@@ -222,7 +222,10 @@ value that does not parse is exit 2, naming the variable or key.
 		fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
 		verifyFlags(fs, true)
 	})
-	mk(WatchCommand, "Rotate the injected Secrets with no pipeline step: on each change of their data, refresh and verify the pods (long-running; see manifests/watch)", watchFlags)
+	mk(WatchCommand, "Rotate the injected Secrets with no pipeline step: on each change of their data, refresh and verify the pods (long-running; see manifests/watch)", func(fs *pflag.FlagSet) {
+		watchFlags(fs)
+		verifyFlags(fs, false)
+	})
 	v := mk(Version, "Print the version", nil)
 	v.RunE = func(c *cobra.Command, _ []string) error {
 		cfg = Config{Command: Version}

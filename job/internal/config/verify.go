@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// verifyFlags are the flags of the per-pod verification (status, refresh):
+// verifyFlags are the flags of the per-pod verification (status, refresh, watch):
 // how to reach the agents, and for refresh whether to wait.
 func verifyFlags(fs *pflag.FlagSet, wait bool) {
 	fs.String("verify-via", "auto", "how to ask each pod's agent what it has loaded: direct (pod IP and the agent's port; from inside the cluster), proxy (the API server's pod proxy; needs pods/proxy get, the Role in manifests/verify), or auto (direct when running in a cluster, else proxy)")
@@ -16,7 +16,7 @@ func verifyFlags(fs *pflag.FlagSet, wait bool) {
 }
 
 func (c Config) validateVerify() []error {
-	if c.Command != Status && c.Command != Refresh {
+	if c.Command != Status && c.Command != Refresh && c.Command != WatchCommand {
 		return nil
 	}
 	switch c.Via {

@@ -22,12 +22,16 @@ func TestVerifyFlags(t *testing.T) {
 	if cfg, err = Parse([]string{"status"}, env(map[string]string{"K8SECRETS_VERIFY_VIA": "direct"}), io.Discard); err != nil || cfg.Via != "direct" {
 		t.Fatalf("Parse(status, K8SECRETS_VERIFY_VIA=direct) = via %q, %v", cfg.Via, err)
 	}
+	if cfg, err = Parse([]string{"watch", "--verify-via", "proxy"}, env(nil), io.Discard); err != nil || cfg.Via != "proxy" {
+		t.Fatalf("Parse(watch --verify-via proxy) = via %q, %v", cfg.Via, err)
+	}
 	for _, tc := range []struct {
 		args []string
 		env  map[string]string
 		want string
 	}{
 		{[]string{"status", "--verify-via", "tunnel"}, nil, `--verify-via "tunnel": must be auto, direct or proxy`},
+		{[]string{"watch", "--verify-via", "tunnel"}, nil, `--verify-via "tunnel": must be auto, direct or proxy`},
 		{[]string{"refresh", "--secret", "s"}, map[string]string{"K8SECRETS_WAIT": "yes"}, "K8SECRETS_WAIT"},
 		{[]string{"inject", "-l", "a=b", "--secret", "s", "--wait"}, nil, "unknown flag: --wait"},
 	} {
