@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,10 +72,8 @@ func TestAlertRules(t *testing.T) {
 		samples := a.samples(t)
 		out := map[string]bool{}
 		for name, r := range rules {
-			for series, v := range samples {
-				if (series == r.Metric || strings.HasPrefix(series, r.Metric+"{")) && r.Holds(v) {
-					out[name] = true
-				}
+			if r.HoldsIn(samples) {
+				out[name] = true
 			}
 		}
 		return out
@@ -168,22 +163,9 @@ func alertRules(t *testing.T) map[string]promcheck.Rule {
 // samples is every sample of /metrics, by series.
 func (a *agent) samples(t *testing.T) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + a.addr + "/metrics")
+	out, err := promcheck.Samples("http://" + a.addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
 	}
 	return out
 }

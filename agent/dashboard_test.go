@@ -1,8 +1,6 @@
 package main
 
 import (
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -23,16 +21,9 @@ func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 
 	got := promcheck.Series{}
 	scrape := func() {
-		resp, err := http.Get("http://" + a.addr + "/metrics")
-		if err != nil {
+		if err := got.Scrape("http://" + a.addr + "/metrics"); err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got.Add(string(b))
 	}
 	scrape()
 	// A success.

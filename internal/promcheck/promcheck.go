@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -142,4 +144,22 @@ func known(name string) bool {
 		}
 	}
 	return false
+}
+
+// Scrape adds what GET url (a /metrics endpoint) exports to s.
+func (s Series) Scrape(url string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	s.Add(string(b))
+	return nil
 }

@@ -1,7 +1,9 @@
 package promcheck
 
 import (
+	"bufio"
 	"fmt"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -65,4 +67,41 @@ func AlertRules(path string) ([]Rule, error) {
 		}
 	}
 	return out, nil
+}
+
+// HoldsIn tells whether a series of the rule's metric among samples (each
+// exported series, name and labels, to its value) makes the rule hold.
+func (r Rule) HoldsIn(samples map[string]float64) bool {
+	for series, v := range samples {
+		if (series == r.Metric || strings.HasPrefix(series, r.Metric+"{")) && r.Holds(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// Samples reads a /metrics endpoint: each exported series, name and
+// labels, to its value.
+func Samples(url string) (map[string]float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, sc.Err()
 }

@@ -3,10 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,27 +37,14 @@ func TestAlertRules(t *testing.T) {
 	srv := httptest.NewServer((&Serve{Metrics: r.c.m}).Handler())
 	defer srv.Close()
 	firing := func() map[string]bool {
-		resp, err := http.Get(srv.URL + "/metrics")
+		samples, err := promcheck.Samples(srv.URL + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
 		out := map[string]bool{}
-		for _, line := range strings.Split(string(b), "\n") {
-			i := strings.LastIndexByte(line, ' ')
-			if i < 0 || strings.HasPrefix(line, "#") {
-				continue
-			}
-			v, err := strconv.ParseFloat(line[i+1:], 64)
-			if err != nil {
-				continue
-			}
-			series := line[:i]
-			for name, rule := range rules {
-				if (series == rule.Metric || strings.HasPrefix(series, rule.Metric+"{")) && rule.Holds(v) {
-					out[name] = true
-				}
+		for name, rule := range rules {
+			if rule.HoldsIn(samples) {
+				out[name] = true
 			}
 		}
 		return out

@@ -2,8 +2,6 @@ package watch
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -33,17 +31,10 @@ func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 	}
 	srv := httptest.NewServer((&Serve{Metrics: r.c.m}).Handler())
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	got := promcheck.Series{}
-	got.Add(string(b))
+	if err := got.Scrape(srv.URL + "/metrics"); err != nil {
+		t.Fatal(err)
+	}
 	checked, problems := promcheck.Check(exprs, "k8secrets_watch_", got)
 	if len(problems) > 0 {
 		t.Error(strings.Join(problems, "\n"))
