@@ -169,21 +169,7 @@ func checkInjected(ctx context.Context, t *testing.T, c *framework.Cluster, ns s
 // Job or release record of the chart, and the Deployment injected, its pods
 // untouched.
 func TestHelmInstallInjectUninstall(t *testing.T) {
-	c := framework.Get(t)
-	tag := os.Getenv("E2E_IMAGE_TAG")
-	if tag == "" || os.Getenv("E2E_HELM") == "" {
-		t.Fatal("set E2E_IMAGE_TAG (the tag of the k8secrets-job and k8secrets-agent images loaded into the cluster) and E2E_HELM (the helm CLI: `make helm`); `make e2e` does")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	switch err := c.LoadImages(ctx, "k8secrets-job:"+tag, "k8secrets-agent:"+tag); {
-	case err == nil, errors.Is(err, framework.ErrNotKind):
-	default:
-		t.Fatalf("%v; build them with `make images VERSION=%s`", err, tag)
-	}
-	if err := c.BuildTestApp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, tag := start(t, true)
 	ns := c.Namespace(t)
 
 	b := make([]byte, 24)
@@ -353,21 +339,7 @@ func TestHelmInstallInjectUninstall(t *testing.T) {
 // no workload; the failed Job stays for its log. helm uninstall then removes
 // the RBAC objects but not the failed hook Job, which its TTL removes.
 func TestHelmInstallInjectFails(t *testing.T) {
-	c := framework.Get(t)
-	tag := os.Getenv("E2E_IMAGE_TAG")
-	if tag == "" || os.Getenv("E2E_HELM") == "" {
-		t.Fatal("set E2E_IMAGE_TAG and E2E_HELM; `make e2e` does")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	switch err := c.LoadImages(ctx, "k8secrets-job:"+tag, "k8secrets-agent:"+tag); {
-	case err == nil, errors.Is(err, framework.ErrNotKind):
-	default:
-		t.Fatalf("%v; build them with `make images VERSION=%s`", err, tag)
-	}
-	if err := c.BuildTestApp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, tag := start(t, true)
 	ns := c.Namespace(t)
 	labels := map[string]string{"app": "web"}
 	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: appsv1.DeploymentSpec{
@@ -456,4 +428,33 @@ func TestHelmInstallInjectFails(t *testing.T) {
 	if job.Spec.TTLSecondsAfterFinished == nil || *job.Spec.TTLSecondsAfterFinished != 86400 {
 		t.Errorf("the failed Job left behind has ttlSecondsAfterFinished %v; want 86400", job.Spec.TTLSecondsAfterFinished)
 	}
+}
+
+// start checks the environment, loads the images of E2E_IMAGE_TAG into the
+// cluster (the agent's and the test app too when withApp) and returns a
+// context of ten minutes.
+func start(t *testing.T, withApp bool) (*framework.Cluster, context.Context, string) {
+	t.Helper()
+	c := framework.Get(t)
+	tag := os.Getenv("E2E_IMAGE_TAG")
+	if tag == "" || os.Getenv("E2E_HELM") == "" {
+		t.Fatal("set E2E_IMAGE_TAG (the tag of the k8secrets images loaded into the cluster) and E2E_HELM (the helm CLI: `make helm`); `make e2e` does")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	images := []string{"k8secrets-job:" + tag}
+	if withApp {
+		images = append(images, "k8secrets-agent:"+tag)
+	}
+	switch err := c.LoadImages(ctx, images...); {
+	case err == nil, errors.Is(err, framework.ErrNotKind):
+	default:
+		t.Fatalf("%v; build them with `make images VERSION=%s`", err, tag)
+	}
+	if withApp {
+		if err := c.BuildTestApp(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, ctx, tag
 }

@@ -4,8 +4,6 @@ package helm
 
 import (
 	"context"
-	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,8 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-
-	"github.com/k8secrets/k8secrets/e2e/framework"
 )
 
 // watchSelector selects the pods of the chart's watch Deployment.
@@ -31,18 +27,7 @@ const watchSelector = "app.kubernetes.io/component=watch,app.kubernetes.io/insta
 // holder. (Seen here: it still names the last leader, unreleased, and
 // expires 15 s later; see the chart README's Uninstall.)
 func TestHelmInstallWatchUninstall(t *testing.T) {
-	c := framework.Get(t)
-	tag := os.Getenv("E2E_IMAGE_TAG")
-	if tag == "" || os.Getenv("E2E_HELM") == "" {
-		t.Fatal("set E2E_IMAGE_TAG (the tag of the k8secrets-job image loaded into the cluster) and E2E_HELM (the helm CLI: `make helm`); `make e2e` does")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	switch err := c.LoadImages(ctx, "k8secrets-job:"+tag); {
-	case err == nil, errors.Is(err, framework.ErrNotKind):
-	default:
-		t.Fatalf("%v; build it with `make images VERSION=%s`", err, tag)
-	}
+	c, ctx, tag := start(t, false)
 	ns := c.Namespace(t)
 	chart, err := filepath.Abs("../../charts/k8secrets")
 	if err != nil {

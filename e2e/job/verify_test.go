@@ -274,17 +274,7 @@ func TestVerifyStatusPerPodAndFailingReload(t *testing.T) {
 // reloaded, so an agent's "loaded" follows the app's own; the app's clock
 // is this machine's (kind's node is a container here).
 func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
-	s := setup(t)
-	ctx := testContext(t, 10*time.Minute)
-	s.verifySetup(ctx, t)
-	ns := s.Namespace(t)
-	const secret = "app-creds"
-	secrets := [][]byte{s.verifySecret(ctx, t, ns, secret, "v1")}
-	s.deployment(ctx, t, ns, "web", "web", 3, s.demoApp(secret))
-	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "http:http://127.0.0.1:8080/-/reload"); r.code != 0 {
-		t.Fatalf("inject: %s", r)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 3, secret, true)
+	s, ctx, ns, secret, secrets, pods := injectedWeb(t, 3)
 	secrets = append(secrets, s.contentKey(ctx, t, ns, "web", secret), s.updateVerifySecret(ctx, t, ns, secret, "v2"))
 
 	start := time.Now()
@@ -311,17 +301,7 @@ func TestVerifyRefreshWaitAllCurrent(t *testing.T) {
 // reads the Secret by name, with no pods/proxy, it exits 0 saying "via
 // direct", and every app serves the new version.
 func TestVerifyInClusterDirect(t *testing.T) {
-	s := setup(t)
-	ctx := testContext(t, 10*time.Minute)
-	s.verifySetup(ctx, t)
-	ns := s.Namespace(t)
-	const secret = "app-creds"
-	secrets := [][]byte{s.verifySecret(ctx, t, ns, secret, "v1")}
-	s.deployment(ctx, t, ns, "web", "web", 2, s.demoApp(secret))
-	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "http:http://127.0.0.1:8080/-/reload"); r.code != 0 {
-		t.Fatalf("inject: %s", r)
-	}
-	pods := s.settledPods(ctx, t, ns, "app=web", 2, secret, true)
+	s, ctx, ns, secret, secrets, pods := injectedWeb(t, 2)
 	secrets = append(secrets, s.contentKey(ctx, t, ns, "web", secret))
 
 	const sa = "ci-pipeline"
@@ -390,4 +370,23 @@ func TestVerifyInClusterDirect(t *testing.T) {
 		}
 	}
 	t.Logf("refresh --wait in the cluster:\n%s", logs)
+}
+
+// injectedWeb injects the Secret app-creds (v1) into a Deployment "web" of
+// replicas demo apps that reload by HTTP, in a namespace of its own, and
+// returns once its pods have settled; secrets are the values a failure
+// message must not show.
+func injectedWeb(t *testing.T, replicas int32) (s *suite, ctx context.Context, ns, secret string, secrets [][]byte, pods []corev1.Pod) {
+	s = setup(t)
+	ctx = testContext(t, 10*time.Minute)
+	s.verifySetup(ctx, t)
+	ns = s.Namespace(t)
+	secret = "app-creds"
+	secrets = [][]byte{s.verifySecret(ctx, t, ns, secret, "v1")}
+	s.deployment(ctx, t, ns, "web", "web", replicas, s.demoApp(secret))
+	if r := s.job(ctx, t, "", ns, secrets, "inject", "-l", "app=web", "--secret", secret, "--agent-image", s.verifyAgentImage(), "--reload", "http:http://127.0.0.1:8080/-/reload"); r.code != 0 {
+		t.Fatalf("inject: %s", r)
+	}
+	pods = s.settledPods(ctx, t, ns, "app=web", int(replicas), secret, true)
+	return s, ctx, ns, secret, secrets, pods
 }
