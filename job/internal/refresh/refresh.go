@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -84,13 +85,9 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("list pods in %s: %w", o.Namespace, err)
 	}
-	var out []Result
-	for _, p := range now {
-		gone, err := poke(ctx, client, p)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, result(p, false, gone, ""))
+	out, err := pokeAll(ctx, client, now)
+	if err != nil {
+		return out, err
 	}
 	for _, p := range oneByOne {
 		before := restartCount(p)
@@ -113,6 +110,51 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// parallel bounds the pokes in flight. One after the other, the last of 20
+// pods was poked a round trip per pod after the first (make
+// bench-propagation); all at once, a thousand pods would be a thousand
+// requests queued at once. The client's rate limiter still applies.
+const parallel = 16
+
+// pokeAll pokes pods at once, parallel at a time, and returns their
+// results in order. The first error stops the pokes not yet sent and is
+// returned with the results of those that succeeded.
+func pokeAll(ctx context.Context, client kubernetes.Interface, pods []*corev1.Pod) ([]Result, error) {
+	res := make([]Result, len(pods))
+	errs := make([]error, len(pods))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	slots := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			gone, err := poke(ctx, client, p)
+			if err != nil {
+				errs[i] = err
+				cancel() // the first error ends the refresh, as it did one by one
+				return
+			}
+			res[i] = result(p, false, gone, "")
+		}()
+	}
+	wg.Wait()
+	var out []Result
+	var first error
+	for i := range pods {
+		switch {
+		case errs[i] == nil:
+			out = append(out, res[i])
+		case first == nil || errors.Is(first, context.Canceled):
+			// The error that cancelled the others, not their cancellation.
+			first = errs[i]
+		}
+	}
+	return out, first
 }
 
 // pageSize is how many pods one list request returns.

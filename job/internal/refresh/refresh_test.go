@@ -2,9 +2,16 @@ package refresh
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,7 +21,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
@@ -148,5 +157,63 @@ func TestPodsGoneWhileWaiting(t *testing.T) {
 	}
 	if len(res) != 2 || !res[0].Gone || res[0].Pod != "web-0" || !res[1].Restarted || res[1].Pod != "web-1" {
 		t.Errorf("Pods = %+v; want web-0 gone, then web-1 restarted", res)
+	}
+}
+
+// Pods whose agents reload by signal or HTTP are poked concurrently, at most
+// parallel at once, and reported in the list's order; a failed poke fails
+// the refresh, naming its pod. Served over HTTP: the fake clientset runs its
+// reactors one at a time.
+func TestPodsPokesConcurrently(t *testing.T) {
+	const n = 40
+	list := &corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}}
+	for i := range n {
+		list.Items = append(list.Items, *mountingPod(fmt.Sprintf("web-%02d", i), "signal:SIGHUP"))
+	}
+	var inFlight, most atomic.Int32
+	failing := ""
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Method {
+		case http.MethodGet:
+			_ = json.NewEncoder(w).Encode(list)
+		case http.MethodPatch:
+			cur := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for m := most.Load(); cur > m && !most.CompareAndSwap(m, cur); m = most.Load() {
+			}
+			time.Sleep(20 * time.Millisecond)
+			name := path.Base(r.URL.Path)
+			if name == failing {
+				w.WriteHeader(http.StatusInternalServerError)
+				_ = json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: metav1.StatusFailure, Code: 500, Message: "etcd is down"})
+				return
+			}
+			_ = json.NewEncoder(w).Encode(mountingPod(name, "signal:SIGHUP"))
+		}
+	}))
+	defer srv.Close()
+	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL, QPS: -1})
+
+	res, err := Pods(context.Background(), client, opts(time.Minute), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != n {
+		t.Fatalf("Pods refreshed %d pods; want %d", len(res), n)
+	}
+	for i, r := range res {
+		if want := fmt.Sprintf("web-%02d", i); r.Pod != want {
+			t.Fatalf("result %d is %s; want %s (the list's order)", i, r.Pod, want)
+		}
+	}
+	if m := most.Load(); m < 2 || m > parallel {
+		t.Errorf("at most %d pokes in flight; want between 2 and %d", m, parallel)
+	}
+
+	failing = "web-07"
+	_, err = Pods(context.Background(), client, opts(time.Minute), quiet)
+	if err == nil || !strings.Contains(err.Error(), "shop/web-07") || !strings.Contains(err.Error(), "etcd is down") {
+		t.Errorf("Pods with web-07's patch failing = %v; want an error naming shop/web-07 and the cause", err)
 	}
 }
