@@ -38,8 +38,8 @@ func (j *job) watch(ctx context.Context) error {
 		// Each pod's agent /status against the Secret's data; the
 		// --verify-timeout deadline leaves the pods not yet current as
 		// stale, named in the Events, rather than an error.
-		Verify: func(ctx context.Context, ns, secret string, read func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
-			r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: j.cfg.Via, Log: j.log, Read: read})
+		Verify: func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+			r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: j.cfg.Via, Log: j.log, Read: read, Selector: selector})
 			if errors.Is(err, verify.ErrNotVerified) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				err = nil
 			}

@@ -12,10 +12,10 @@ import (
 	"k8s.io/client-go/tools/pager"
 )
 
-// Mounting lists the running pods in ns that mount secret and are not being
-// deleted: the pods Pods pokes, found the same way (paged, only the pods
+// Mounting lists the running pods in ns that mount secret, match selector
+// (every pod if it is empty) and are not being deleted: the pods Pods pokes, found the same way (paged, only the pods
 // that mount the Secret kept).
-func Mounting(ctx context.Context, client kubernetes.Interface, ns, secret string) ([]*corev1.Pod, error) {
+func Mounting(ctx context.Context, client kubernetes.Interface, ns, secret, selector string) ([]*corev1.Pod, error) {
 	var out []*corev1.Pod
 	p := pager.New(func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
 		return client.CoreV1().Pods(ns).List(ctx, lo)
@@ -23,6 +23,7 @@ func Mounting(ctx context.Context, client kubernetes.Interface, ns, secret strin
 	p.PageSize = pageSize
 	err := p.EachListItem(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String(),
+		LabelSelector: selector,
 	}, func(obj runtime.Object) error {
 		pod := obj.(*corev1.Pod)
 		if pod.DeletionTimestamp == nil && mounts(pod, secret) {

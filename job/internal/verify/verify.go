@@ -82,6 +82,9 @@ type Options struct {
 	// Read, when set, gives the Secret instead of a GET: the watch passes
 	// its informer's copy (its Role has no get on Secrets).
 	Read func(context.Context) (*corev1.Secret, error)
+	// Selector, when set, narrows the pods to those its labels match (one
+	// workload's, for the watch's per-workload rotations).
+	Selector string
 }
 
 // Pod is what one pod has loaded.
@@ -181,8 +184,13 @@ func Check(ctx context.Context, client kubernetes.Interface, o Options) (Report,
 // stays the same, and pods that appear (a rollout) are checked too.
 func Wait(ctx context.Context, client kubernetes.Interface, o Options) (Report, error) {
 	c := newChecker(client, o)
-	// Short at first, where an agent reloads within a second of the
-	// kubelet's write; then no more than every two seconds.
+	// Every 100 ms for the first two seconds, where an agent reloads
+	// within a second of the kubelet's write (a backoff from the start left
+	// up to 0.5 s between a pod's reload and the check that saw it: make
+	// bench-propagation); then slower, to one check every two seconds.
+	// Pods already current are not asked again.
+	const fast = 2 * time.Second
+	start := time.Now()
 	delay := 100 * time.Millisecond
 	var last Report
 	var lastErr error
@@ -219,7 +227,9 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options) (Report, 
 			return last, fmt.Errorf("%w: %d of %d pods current%s via %s; %s", ErrNotVerified, last.Current, last.Total, unknown, last.Via, last.Pending(10))
 		case <-t.C:
 		}
-		delay = min(delay*3/2, 2*time.Second)
+		if time.Since(start) > fast {
+			delay = min(delay*3/2, 2*time.Second)
+		}
 	}
 }
 
@@ -292,7 +302,7 @@ func (c *checker) check(ctx context.Context) (Report, error) {
 	case err != nil:
 		return r, fmt.Errorf("read secret %s/%s: %w", ns, name, err)
 	}
-	pods, err := refresh.Mounting(ctx, c.client, ns, name)
+	pods, err := refresh.Mounting(ctx, c.client, ns, name, c.o.Selector)
 	if apierrors.IsForbidden(err) {
 		return r, fmt.Errorf("%w: %v; grant list on pods", ErrCannotVerify, err)
 	}

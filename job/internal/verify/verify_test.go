@@ -375,3 +375,28 @@ func TestResolve(t *testing.T) {
 		t.Errorf("resolve(proxy) = %s", got)
 	}
 }
+
+// Selector narrows the check to one workload's pods (the watch's rotation of
+// one workload must not wait on a workload it has not refreshed yet).
+func TestCheckSelector(t *testing.T) {
+	key := newKey(t)
+	cur := id(t, key, data(value))
+	loaded := directory{Path: mountPath, Loaded: cur, Seen: cur, State: "loaded"}
+	labelled := func(app string) podOpt { return func(p *corev1.Pod) { p.Labels["app"] = app } }
+	c := clientWith(pod("web-5d8f-a", agent(t, serve(loaded)), key, labelled("web")),
+		pod("api-7c9d-a", closedPort(t), key, labelled("api")))
+	r, err := Check(context.Background(), c, Options{Namespace: ns, Secret: secret, Via: Direct, Selector: "app=web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Total != 1 || r.Current != 1 || r.Pods[0].Name != "web-5d8f-a" {
+		t.Errorf("Check with selector app=web = %+v; want web-5d8f-a alone, current", r.Pods)
+	}
+	r, err = Check(context.Background(), c, Options{Namespace: ns, Secret: secret, Via: Direct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Total != 2 {
+		t.Errorf("Check with no selector = %+v; want both pods", r.Pods)
+	}
+}

@@ -75,10 +75,10 @@ const (
 	ReasonRotationPostponed = "RotationPostponed"
 )
 
-// VerifyFunc tells how many of the pods in ns that mount secret have loaded
-// its current data (verified of total) and names the others. It returns
+// VerifyFunc tells how many of the pods in ns that mount secret and match
+// selector (the rotated workload's) have loaded its current data (verified of total) and names the others. It returns
 // when all have, or when ctx ends (then with the stale ones).
-type VerifyFunc func(ctx context.Context, ns, secret string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
+type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
 
 // Options of the controller.
 type Options struct {
@@ -127,6 +127,7 @@ type Controller struct {
 	poked    map[string]time.Time       // secret key -> when its last refresh started (wall clock)
 	due      map[string]time.Time       // workload key -> when to look at it
 	running  map[string]bool
+	slots    chan struct{} // maxParallel: a sync holds one, except while it verifies
 	wake     chan struct{}
 	stopping bool
 	wg       sync.WaitGroup
@@ -160,6 +161,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		poked:   map[string]time.Time{},
 		due:     map[string]time.Time{},
 		running: map[string]bool{},
+		slots:   make(chan struct{}, maxParallel),
 		wake:    make(chan struct{}, 1),
 		listers: map[workload.Kind]func(ns, name string) (runtime.Object, error){},
 	}
@@ -169,7 +171,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		c.verify = standIn(c)
 	}
 	if c.verify == nil {
-		c.verify = func(context.Context, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
 			return 0, 0, nil, errors.New("no verification configured (Options.Verify)")
 		}
 	}
@@ -251,7 +253,10 @@ type appsv1Listers struct {
 // maxParallel bounds the workloads synced at once: a start with a thousand
 // injected workloads records their baselines in a steady stream rather than
 // a thousand concurrent requests (and their memory), and a Secret mounted by
-// a hundred signal-mode Deployments is still rotated in a few waves.
+// a hundred signal-mode Deployments is still rotated in a few waves. A
+// rotation gives its slot up while it waits for its pods' agents (up to
+// --verify-timeout), so that workloads whose pods never verify do not hold
+// up the rotations of others.
 const maxParallel = 16
 
 // loop runs the workloads that are due, each in its own goroutine and never
@@ -265,16 +270,19 @@ func (c *Controller) loop(ctx context.Context) {
 			if c.running[k] {
 				continue
 			}
-			if !at.After(now) && len(c.running) >= maxParallel {
-				continue // the next to finish pokes the loop
-			}
 			if !at.After(now) {
+				select {
+				case c.slots <- struct{}{}:
+				default:
+					continue // the next to finish, or to start verifying, pokes the loop
+				}
 				delete(c.due, k)
 				c.running[k] = true
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
 					c.sync(ctx, k)
+					<-c.slots
 					c.mu.Lock()
 					delete(c.running, k)
 					c.mu.Unlock()
@@ -796,8 +804,11 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		}
 		return nil, apierrors.NewNotFound(corev1.Resource("secrets"), s.Name)
 	}
-	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name, read)
+	<-c.slots // see maxParallel
+	c.poke()
+	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name, sel.String(), read)
 	vcancel()
+	c.slots <- struct{}{}
 	if ctx.Err() != nil {
 		log.Warn("verification interrupted; the next leader rotates again", "error", context.Cause(ctx))
 		return

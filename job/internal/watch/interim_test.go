@@ -16,45 +16,23 @@ import (
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/rollout"
-	"github.com/k8secrets/k8secrets/job/internal/workload"
 )
 
 // interimVerify stands in, in this package's tests, for verify.Wait, which
 // asks each pod's agent: no kubelet runs the pods of a bare API server. It
-// waits until every running pod of the watched workloads in ns that mount
-// secret carries a refresh annotation written at or after this rotation's
+// waits until every running pod of the rotated workload (selector) that
+// mounts secret carries a refresh annotation written at or after this rotation's
 // refresh started, and is Ready. The e2e tests on kind (e2e/reload
 // watch_test.go) run the real verification.
 func init() {
 	standIn = func(c *Controller) VerifyFunc { return c.interimVerify }
 }
 
-func (c *Controller) interimVerify(ctx context.Context, ns, secret string, _ func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error) {
-	skey := secretKey(ns, secret)
+func (c *Controller) interimVerify(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error) {
 	c.mu.Lock()
-	since := c.poked[skey]
-	ws := make([]string, 0, len(c.refs[skey]))
-	for k := range c.refs[skey] {
-		ws = append(ws, k)
-	}
+	since := c.poked[secretKey(ns, secret)]
 	c.mu.Unlock()
-	slices.Sort(ws)
-	for _, k := range ws {
-		w, ok := c.workload(k)
-		if !ok {
-			continue
-		}
-		sel, serr := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
-		if serr != nil {
-			return verified, total, stale, serr
-		}
-		v, n, st, werr := c.waitPods(ctx, ns, sel.String(), secret, since)
-		verified, total, stale = verified+v, total+n, append(stale, st...)
-		if werr != nil {
-			return verified, total, stale, werr
-		}
-	}
-	return verified, total, stale, nil
+	return c.waitPods(ctx, ns, selector, secret, since)
 }
 
 // waitPods waits, until ctx ends, for every running pod matching sel that

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -142,7 +143,7 @@ func newRig(t *testing.T) *rig {
 	r.c = New(r.client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
 		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk, Metrics: NewMetrics(),
-		Verify: func(ctx context.Context, ns, secret string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		Verify: func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
 			r.rotations = append(r.rotations, r.secret.ResourceVersion)
 			return 2, 2, nil, nil
 		},
@@ -178,7 +179,9 @@ func (r *rig) runDue() {
 			return
 		}
 		for _, k := range keys {
+			r.c.slots <- struct{}{} // as the loop takes one for each sync
 			r.c.sync(context.Background(), k)
+			<-r.c.slots
 		}
 	}
 }
@@ -321,5 +324,97 @@ func TestWatchResumeAnnotation(t *testing.T) {
 	}
 	if r.c.pace.Open("ns/db") {
 		t.Error("breaker still open after the resume annotation")
+	}
+}
+
+// A rotation waiting for its pods' agents holds no slot: while maxParallel
+// workloads wait for pods that never verify (each up to its
+// --verify-timeout, an hour here), a change of another Secret is still
+// rotated and verified at once. The loop runs as in the watch, on real
+// goroutines.
+func TestWatchVerificationHoldsNoSlot(t *testing.T) {
+	client := fake.NewClientset()
+	var mu sync.Mutex
+	secrets := map[string]*corev1.Secret{}
+	waiting := make(chan struct{}, maxParallel)
+	verified := make(chan string, 1)
+	c := New(client, Options{
+		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
+		Settle: time.Second, VerifyTimeout: time.Hour, Clock: clocktesting.NewFakeClock(t0), Metrics: NewMetrics(),
+		Verify: func(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+			if secret == "other" {
+				verified <- selector
+				return 1, 1, nil, nil
+			}
+			waiting <- struct{}{}
+			<-ctx.Done() // pods that never load the content
+			return 0, 1, []string{"stuck"}, nil
+		},
+	})
+	c.listers[workload.Deployment] = func(ns, name string) (runtime.Object, error) {
+		return client.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+	}
+	c.getSecret = func(key string) (*corev1.Secret, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		s, ok := secrets[key]
+		return s, ok
+	}
+	change := func(name, data string) {
+		mu.Lock()
+		old := secrets["ns/"+name]
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", ResourceVersion: "100"}, Data: map[string][]byte{"password": []byte(data)}}
+		if old != nil {
+			s.ResourceVersion = "101"
+		}
+		secrets["ns/"+name] = s
+		mu.Unlock()
+		c.mu.Lock()
+		c.secrets["ns/"+name] = nil // no informer: getSecret serves it
+		c.mu.Unlock()
+		c.secretChanged("ns/"+name, old, s)
+	}
+	change("db", "v0")
+	change("other", "v0")
+	for i := range maxParallel + 1 {
+		name, secret := fmt.Sprintf("w%d", i), "db"
+		if i == maxParallel {
+			secret = "other"
+		}
+		d := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: map[string]string{wellknown.LabelInjected: "true"},
+				// The recorded state is the first content: the next is a rotation.
+				Annotations: map[string]string{RotatedPrefix + secret: "rv:100"}},
+			Spec: appsv1.DeploymentSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
+				Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{
+					Labels:      map[string]string{"app": name},
+					Annotations: map[string]string{wellknown.AnnotationSecretPrefix + secret: secret},
+				}},
+			},
+		}
+		if _, err := client.AppsV1().Deployments("ns").Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c.workloadChanged(d)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.loop(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	change("db", "v1")
+	for range maxParallel {
+		select {
+		case <-waiting:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the rotations of secret db did not all reach their verification")
+		}
+	}
+	change("other", "v1")
+	select {
+	case <-verified:
+	case <-time.After(30 * time.Second):
+		t.Errorf("secret other not rotated while %d workloads wait for their pods", maxParallel)
 	}
 }

@@ -72,7 +72,7 @@ func TestAPIWatchStateAfterRestart(t *testing.T) {
 	// recorded; e finishes it.
 	inVerify := make(chan struct{}, 1)
 	d := f.start("d", nil, func(o *Options) {
-		o.Verify = func(ctx context.Context, ns, secret string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		o.Verify = func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
 			inVerify <- struct{}{}
 			<-ctx.Done()
 			return 0, 2, []string{"web-0", "web-1"}, ctx.Err()
