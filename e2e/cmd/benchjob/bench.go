@@ -385,6 +385,12 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 
+	if b.o.Phases["watch"] {
+		if err := b.watchPhase(ctx); err != nil {
+			return err
+		}
+	}
+
 	if b.o.Phases["kubectl"] {
 		if err := b.kubectlSequence(ctx); err != nil {
 			return err

@@ -82,7 +82,7 @@ func parse(args []string) (options, error) {
 	fs.StringVar(&o.Job, "job", "bin/k8secrets-job", "k8secrets-job binary")
 	fs.StringVar(&o.Kubectl, "kubectl", "kubectl", "kubectl binary")
 	fs.StringVar(&o.Out, "out", "", "folder for the report, the Job's reports and logs (default $CACHE_DIR/bench-job/TIME)")
-	phases := fs.String("phases", "dryrun,inject,kubectl", "what to measure: dryrun, inject, kubectl")
+	phases := fs.String("phases", "dryrun,inject,kubectl", "what to measure: dryrun, inject, kubectl, watch (after inject: watch.go)")
 	maxParallel := fs.String("max-parallel", "1", "the Job's --max-parallel for the inject phase; a comma-separated list runs inject once per value, with a remove between them")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the cluster")
 	if err := fs.Parse(args); err != nil {
@@ -94,7 +94,7 @@ func parse(args []string) (options, error) {
 	o.Phases = map[string]bool{}
 	for _, p := range strings.Split(*phases, ",") {
 		switch p {
-		case "dryrun", "inject", "kubectl":
+		case "dryrun", "inject", "kubectl", "watch":
 			o.Phases[p] = true
 		default:
 			return o, fmt.Errorf("unknown phase %q: %w", p, flag.ErrHelp)

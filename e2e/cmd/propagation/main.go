@@ -68,6 +68,9 @@ type options struct {
 	series                       string
 	flap                         bool
 	flapFor, flapEvery           time.Duration
+	restartReplicas              int
+	restartUpdates               int
+	watchOn, kubectl             string
 }
 
 func main() {
@@ -93,6 +96,10 @@ func main() {
 	flag.BoolVar(&o.flap, "flap", false, "run only the flapping check: the Secret updated every -flap-every for -flap-for, the watch at its defaults")
 	flag.DurationVar(&o.flapFor, "flap-for", time.Minute, "duration of the flapping check")
 	flag.DurationVar(&o.flapEvery, "flap-every", time.Second, "update period of the flapping check")
+	flag.StringVar(&o.watchOn, "watch-on", "cluster", "where the watch series' `k8secrets-job watch` runs: cluster (manifests/watch, one replica, asking the agents directly) or host (this machine, through the pod proxy)")
+	flag.StringVar(&o.kubectl, "kubectl", defaultKubectl(), "kubectl, for -watch-on cluster (default: $KUBE_BIN/kubectl, else kubectl)")
+	flag.IntVar(&o.restartReplicas, "restart-replicas", 5, "replicas of the restart-mode series (restart.go)")
+	flag.IntVar(&o.restartUpdates, "restart-updates", 3, "Secret updates of the restart-mode series (0: skip it)")
 	flag.BoolVar(&o.skipPeriodic, "skip-periodic", false, "measure only the series with refresh")
 	flag.BoolVar(&o.keep, "keep", false, "keep the namespaces")
 	flag.StringVar(&o.out, "o", "", "also write every sample as JSON to this file")
@@ -117,6 +124,23 @@ func defaultJob() string {
 	return "bin/k8secrets-job"
 }
 
+// repoRoot is the repository, from its root or from e2e/ (go -C e2e run).
+func repoRoot() string {
+	for _, d := range []string{".", ".."} {
+		if _, err := os.Stat(filepath.Join(d, "manifests", "watch")); err == nil {
+			return d
+		}
+	}
+	return "."
+}
+
+func defaultKubectl() string {
+	if d := os.Getenv("KUBE_BIN"); d != "" {
+		return filepath.Join(d, "kubectl")
+	}
+	return "kubectl"
+}
+
 // sample is one Secret update and how long it took to reach the app(s).
 type sample struct {
 	Series  string  `json:"series"`
@@ -131,6 +155,8 @@ type bench struct {
 	client     kubernetes.Interface
 	kubeconfig string
 	job, tag   string
+	kubectl    string
+	repo       string // the repository's root, for manifests/
 	log        *slog.Logger
 }
 
@@ -157,7 +183,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{client: client, kubeconfig: o.kubeconfig, job: job, tag: o.tag, log: log}
+	if o.watchOn != "cluster" && o.watchOn != "host" {
+		return fmt.Errorf("-watch-on %q: cluster or host", o.watchOn)
+	}
+	b := &bench{client: client, kubeconfig: o.kubeconfig, job: job, tag: o.tag, kubectl: o.kubectl, repo: repoRoot(), log: log}
 
 	freq, err := b.syncFrequency(ctx)
 	if err != nil {
@@ -180,6 +209,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	load["side"] = l0 + " → " + loadAverage()
+	var restart []sample
+	if o.restartUpdates > 0 {
+		l0 = loadAverage()
+		restart, err = b.restartSeries(ctx, o)
+		all = append(all, restart...)
+		if err != nil {
+			return err
+		}
+		load["restart"] = l0 + " → " + loadAverage()
+	}
 	var periodic []sample
 	if !o.skipPeriodic {
 		l0 = loadAverage()
@@ -201,6 +240,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	names := map[string]string{seriesWatch: "watch (Verified Event, every replica)", seriesRefresh: "refresh --wait (every replica)", seriesRollout: "rollout restart (all new pods Ready)"}
 	for _, s := range strings.Split(o.series, ",") {
 		fmt.Println(summary(fmt.Sprintf("%s, %d replicas", names[s], o.replicas), side[s]) + "  " + load["side"])
+	}
+	if o.restartUpdates > 0 {
+		fmt.Println(summary(fmt.Sprintf("watch, restart mode, %d replicas", o.restartReplicas), restart) + "  " + load["restart"])
 	}
 	if !o.skipPeriodic {
 		fmt.Println(summary("without refresh", periodic) + "  " + load["periodic"])
@@ -287,8 +329,12 @@ func (b *bench) namespace(ctx context.Context, prefix string, keep bool) (string
 
 // deploy creates a Secret at version v0 and a Deployment of the demo app that
 // reads it, labelled app=NAME, waits until it is available, and injects the
-// Secret with the agent in signal mode.
-func (b *bench) deploy(ctx context.Context, ns, name, secret string, replicas int32) error {
+// Secret with the agent in signal mode (or reload, if given).
+func (b *bench) deploy(ctx context.Context, ns, name, secret string, replicas int32, reload ...string) error {
+	mode := "signal:SIGHUP"
+	if len(reload) > 0 {
+		mode = reload[0]
+	}
 	if _, err := b.client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: secret},
 		Data:       data("v0"),
@@ -337,7 +383,7 @@ func (b *bench) deploy(ctx context.Context, ns, name, secret string, replicas in
 		return err
 	}
 	cmd := exec.CommandContext(ctx, b.job, "inject", "-l", "app="+name, "--secret", secret, "-n", ns,
-		"--kubeconfig", b.kubeconfig, "--agent-image=k8secrets-agent:"+b.tag, "--reload=signal:SIGHUP", "--timeout=3m")
+		"--kubeconfig", b.kubeconfig, "--agent-image=k8secrets-agent:"+b.tag, "--reload="+mode, "--timeout=3m")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("k8secrets-job inject %s/%s: %v\n%s", ns, name, err, out)
 	}

@@ -23,8 +23,10 @@ import (
 // The series compared side by side, one update of each in turn, the order
 // rotated at each update so that none always goes first:
 //
-//   - watch: `k8secrets-job watch` runs on this machine (the kind kubeconfig,
-//     --verify-via proxy); a sample ends when its Verified Event for the
+//   - watch: `k8secrets-job watch` runs as shipped, the Deployment of
+//     manifests/watch in the series' namespace (one replica; it asks the
+//     agents directly), or with -watch-on host on this machine (the kind
+//     kubeconfig, --verify-via proxy); a sample ends when its Verified Event for the
 //     Deployment exists (seen through a watch on Events) and every replica
 //     serves the new version;
 //   - refresh: `k8secrets-job refresh` (with its default --wait, which
@@ -72,7 +74,11 @@ func (b *bench) sideBySide(ctx context.Context, o options) (map[string][]sample,
 		if s == seriesWatch {
 			// Latency series: one rotation per update, never folded or
 			// suspended (the flapping check runs the defaults).
-			stopWatch, err := b.startWatch(ctx, ns, "--min-interval=1s", "--breaker-changes=100000")
+			start := b.startWatch
+			if o.watchOn == "cluster" {
+				start = b.deployWatch
+			}
+			stopWatch, err := start(ctx, ns, "--min-interval=1s", "--breaker-changes=100000")
 			if err != nil {
 				return nil, err
 			}
@@ -147,6 +153,77 @@ func (b *bench) startWatch(ctx context.Context, ns string, extra ...string) (fun
 		if time.Now().After(deadline) {
 			stop()
 			return nil, fmt.Errorf("k8secrets-job watch -n %s: not ready after 1m (see %s)", ns, logf.Name())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// deployWatch applies manifests/watch in ns, its Deployment scaled to one
+// replica, with the k8secrets-job image of b.tag and extra arguments, and
+// waits until it leads. It returns a function that stops it (the namespace's
+// deletion removes the rest).
+func (b *bench) deployWatch(ctx context.Context, ns string, extra ...string) (func(), error) {
+	manifests, err := filepath.Abs(filepath.Join(b.repo, "manifests"))
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "propagation-watch-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	rel, err := filepath.Rel(dir, manifests)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"watch", "--log-format=json", "--listen=:9534"}, extra...)
+	overlay := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: %s
+resources:
+  - %s/watch
+images:
+  - name: ghcr.io/k8secrets/k8secrets-job
+    newName: k8secrets-job
+    newTag: %q
+replicas:
+  - name: k8secrets-watch
+    count: 1
+patches:
+  - target: {kind: Deployment, name: k8secrets-watch}
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/args
+        value: ["%s"]
+`, ns, rel, b.tag, strings.Join(args, `", "`))
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
+		return nil, err
+	}
+	rendered, err := exec.CommandContext(ctx, b.kubectl, "kustomize", dir).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s kustomize of the watch overlay: %w", b.kubectl, err)
+	}
+	apply := exec.CommandContext(ctx, b.kubectl, "--kubeconfig", b.kubeconfig, "apply", "-f", "-")
+	apply.Stdin = strings.NewReader(string(rendered))
+	if out, err := apply.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("kubectl apply manifests/watch in %s: %w\n%s", ns, err, out)
+	}
+	stop := func() {
+		_ = b.client.AppsV1().Deployments(ns).Delete(context.WithoutCancel(ctx), "k8secrets-watch", metav1.DeleteOptions{})
+	}
+	b.log.Info("k8secrets-job watch deployed", "namespace", ns, "args", strings.Join(args[1:], " "))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		l, err := b.client.CoordinationV1().Leases(ns).Get(ctx, "k8secrets-watch", metav1.GetOptions{})
+		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+			d, err := b.client.AppsV1().Deployments(ns).Get(ctx, "k8secrets-watch", metav1.GetOptions{})
+			if err == nil && d.Status.ReadyReplicas == 1 {
+				return stop, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("deployment %s/k8secrets-watch: not Ready and leading after 2m", ns)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -321,7 +398,11 @@ func (b *bench) flapping(ctx context.Context, o options) error {
 	if err := b.deploy(ctx, ns, name, secret, int32(o.replicas)); err != nil {
 		return err
 	}
-	stopWatch, err := b.startWatch(ctx, ns)
+	startWatch := b.startWatch
+	if o.watchOn == "cluster" {
+		startWatch = b.deployWatch
+	}
+	stopWatch, err := startWatch(ctx, ns)
 	if err != nil {
 		return err
 	}

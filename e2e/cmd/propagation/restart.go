@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// restartSeries: the watch (as in the watch series) over a Deployment of
+// -restart-replicas pods injected with --reload restart, updated
+// -restart-updates times. A sample ends at the Verified Event, and counts
+// only if, watched throughout through the pods themselves, every pod's app
+// container restarted exactly once (same pods, none replaced), never more
+// than one pod was not Ready at a time, and every app serves the new
+// version.
+func (b *bench) restartSeries(ctx context.Context, o options) ([]sample, error) {
+	ns, cleanup, err := b.namespace(ctx, "prop-restart-", o.keep)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	const name, secret = "demo", "demo-secret"
+	if err := b.deploy(ctx, ns, name, secret, int32(o.restartReplicas), "restart"); err != nil {
+		return nil, err
+	}
+	startWatch := b.startWatch
+	if o.watchOn == "cluster" {
+		startWatch = b.deployWatch
+	}
+	stopWatch, err := startWatch(ctx, ns, "--min-interval=1s", "--breaker-changes=100000")
+	if err != nil {
+		return nil, err
+	}
+	defer stopWatch()
+	var out []sample
+	for i := 1; i <= o.restartUpdates; i++ {
+		time.Sleep(1500 * time.Millisecond)
+		s, err := b.restartSample(ctx, ns, name, secret, i)
+		if err != nil {
+			return out, fmt.Errorf("restart series, update %d: %w", i, err)
+		}
+		s.Detail += ", load " + loadAverage()
+		b.log.Info("update", "series", s.Series, "replicas", o.restartReplicas, "n", i, "seconds", fmt.Sprintf("%.3f", s.Seconds), "detail", s.Detail)
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (b *bench) restartSample(ctx context.Context, ns, name, secret string, i int) (sample, error) {
+	list, err := b.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+	if err != nil {
+		return sample{}, err
+	}
+	before := map[string]int32{}
+	for _, p := range list.Items {
+		before[p.Name] = appRestarts(&p)
+	}
+	pw, err := b.client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=" + name, ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		return sample{}, err
+	}
+	defer pw.Stop()
+	ew, err := b.eventWatch(ctx, ns)
+	if err != nil {
+		return sample{}, err
+	}
+	defer ew.Stop()
+	notReady := map[string]bool{}
+	mostDown := 0
+	var replaced []string
+	seePod := func(e watch.Event) {
+		p, ok := e.Object.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		if _, known := before[p.Name]; !known || e.Type == watch.Deleted {
+			replaced = append(replaced, p.Name)
+			return
+		}
+		notReady[p.Name] = !ready(p)
+		down := 0
+		for _, d := range notReady {
+			if d {
+				down++
+			}
+		}
+		mostDown = max(mostDown, down)
+	}
+	version := fmt.Sprintf("x%d", i)
+	start := time.Now()
+	if err := b.update(ctx, ns, secret, version); err != nil {
+		return sample{}, err
+	}
+	var verified time.Duration
+	timeout := time.After(5 * time.Minute)
+	for verified == 0 {
+		select {
+		case <-ctx.Done():
+			return sample{}, ctx.Err()
+		case <-timeout:
+			return sample{}, fmt.Errorf("no Verified Event on deployment %s/%s within 5m of the update", ns, name)
+		case e, ok := <-pw.ResultChan():
+			if !ok {
+				return sample{}, fmt.Errorf("the watch on the pods of %s closed: the pods were not watched throughout", ns)
+			}
+			seePod(e)
+		case e, ok := <-ew.ResultChan():
+			if !ok {
+				return sample{}, fmt.Errorf("the watch on the Events of %s closed", ns)
+			}
+			ev, isEvent := e.Object.(*eventsv1.Event)
+			if !isEvent || e.Type != watch.Added || ev.Regarding.Kind != "Deployment" || ev.Regarding.Name != name {
+				continue
+			}
+			switch ev.Reason {
+			case "Verified":
+				verified = time.Since(start)
+			case "ReloadFailed", "RotationSuspended", "RotationPostponed":
+				return sample{}, fmt.Errorf("deployment %s/%s: %s Event: %s", ns, name, ev.Reason, ev.Note)
+			}
+		}
+	}
+	// The pod events of the last moments before the Event.
+	for drained := false; !drained; {
+		select {
+		case e, ok := <-pw.ResultChan():
+			if !ok {
+				drained = true
+				break
+			}
+			seePod(e)
+		default:
+			drained = true
+		}
+	}
+	after, err := b.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+	if err != nil {
+		return sample{}, err
+	}
+	var problems []string
+	if len(replaced) > 0 {
+		problems = append(problems, "pods replaced or added: "+strings.Join(slices.Compact(slices.Sorted(slices.Values(replaced))), ", "))
+	}
+	if mostDown > 1 {
+		problems = append(problems, fmt.Sprintf("%d pods not Ready at once", mostDown))
+	}
+	for _, p := range after.Items {
+		if got := appRestarts(&p) - before[p.Name]; got != 1 {
+			problems = append(problems, fmt.Sprintf("pod %s: app restarted %d times; want 1", p.Name, got))
+		}
+		if s, err := b.app(ctx, ns, p.Name); err != nil || s.Version != version {
+			problems = append(problems, fmt.Sprintf("pod %s serves %q (err %v); want %s", p.Name, s.Version, err, version))
+		}
+	}
+	if len(problems) > 0 {
+		return sample{}, fmt.Errorf("deployment %s/%s after the Verified Event: %s", ns, name, strings.Join(problems, "; "))
+	}
+	return sample{Series: "restart", Update: i, Seconds: verified.Seconds(),
+		Detail: fmt.Sprintf("%d pods each restarted once in place, at most %d not Ready at a time", len(after.Items), mostDown)}, nil
+}
+
+// appRestarts is the restart count of the demo container.
+func appRestarts(p *corev1.Pod) int32 {
+	for _, c := range p.Status.ContainerStatuses {
+		if c.Name == "demo" {
+			return c.RestartCount
+		}
+	}
+	return 0
+}
