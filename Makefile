@@ -86,7 +86,7 @@ bench-agent: ## Measure the stripped agent: swap-to-reload latency, burst reload
 
 BENCH_N ?= 1000
 .PHONY: bench-propagation
-bench-propagation: cluster images load-images ## Secret update -> app reload on the kind cluster: watch, refresh --wait, rollout restart side by side, and the kubelet sync alone: p50/p95/max.
+bench-propagation: cluster images load-images kube-binaries ## Secret update -> app reload on the kind cluster: watch, refresh --wait, rollout restart side by side, and the kubelet sync alone: p50/p95/max.
 	$(GO) -C e2e run ./cmd/propagation -tag $(VERSION) -job $(BIN)/k8secrets-job -kubeconfig $(KIND_KUBECONFIG)
 
 .PHONY: bench-job
