@@ -91,6 +91,12 @@ func (b *bench) sideBySide(ctx context.Context, o options) (map[string][]sample,
 			t := targets[(i+k)%len(targets)]
 			// The agent reloads at most once per --min-interval (1s): leave it.
 			time.Sleep(1500 * time.Millisecond)
+			// Each sample starts on a quiet node: no pod of a previous
+			// rollout still stopping (20 of them took the load average
+			// to 20-36 during the watch's samples).
+			if err := b.quiet(ctx, targets); err != nil {
+				return out, err
+			}
 			var (
 				s   sample
 				err error
@@ -371,6 +377,36 @@ func (b *bench) rolloutSample(ctx context.Context, t *target, i int) (sample, er
 	}
 	return sample{Series: seriesRollout, Update: i, Seconds: time.Since(start).Seconds(),
 		Detail: fmt.Sprintf("update call and restart patch %.3fs, rollout complete %.3fs", restarted.Seconds(), rolled.Seconds())}, nil
+}
+
+// quiet waits until no pod of the targets' namespaces is terminating.
+func (b *bench) quiet(ctx context.Context, targets []*target) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		stopping := 0
+		for _, t := range targets {
+			list, err := b.client.CoreV1().Pods(t.ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			for _, p := range list.Items {
+				if p.DeletionTimestamp != nil {
+					stopping++
+				}
+			}
+		}
+		if stopping == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d pods still terminating after 2m", stopping)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // rolledOut is kubectl rollout status's test of a complete rollout.
