@@ -55,6 +55,12 @@ const (
 	// value and its successor rotates again; it is never an unkeyed digest
 	// of the data.
 	RotatedPrefix = wellknown.Domain + "/rotated-"
+	// SuspendedPrefix + the injection's id, on the workload's own metadata:
+	// the breaker of the Secret it mounts is open, since when, and the
+	// Secret's resume annotation then (JSON), so that a replica started
+	// while a Secret flaps keeps its rotations suspended rather than
+	// starting over with a closed breaker. Removed when they resume.
+	SuspendedPrefix = wellknown.Domain + "/suspended-"
 	// ResumeAnnotation on a Secret: changing its value (to anything, e.g.
 	// the time) closes the Secret's open circuit breaker.
 	ResumeAnnotation = wellknown.Domain + "/resume"
@@ -127,7 +133,8 @@ type Controller struct {
 	poked    map[string]time.Time       // secret key -> when its last refresh started (wall clock)
 	due      map[string]time.Time       // workload key -> when to look at it
 	running  map[string]bool
-	slots    chan struct{} // maxParallel: a sync holds one, except while it verifies
+	looked   map[string]bool // secret key -> a sync has looked at its suspension mark since the start
+	slots    chan struct{}   // maxParallel: a sync holds one, except while it verifies
 	wake     chan struct{}
 	stopping bool
 	wg       sync.WaitGroup
@@ -161,6 +168,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		poked:   map[string]time.Time{},
 		due:     map[string]time.Time{},
 		running: map[string]bool{},
+		looked:  map[string]bool{},
 		slots:   make(chan struct{}, maxParallel),
 		wake:    make(chan struct{}, 1),
 		listers: map[workload.Kind]func(ns, name string) (runtime.Object, error){},
@@ -493,7 +501,7 @@ func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	if dataChanged {
 		c.m.secretChange()
 		if c.pace.Changed(key, now, s.Annotations[ResumeAnnotation]) {
-			c.suspended(s, ws)
+			c.suspended(s, ws, now)
 		}
 	} else if old != nil && old.Annotations[ResumeAnnotation] == s.Annotations[ResumeAnnotation] {
 		return // metadata only
@@ -518,7 +526,7 @@ func sameData(a, b *corev1.Secret) bool {
 
 // suspended tells, with an Event on the Secret and on each workload, that
 // the breaker tripped.
-func (c *Controller) suspended(s *corev1.Secret, ws []string) {
+func (c *Controller) suspended(s *corev1.Secret, ws []string, at time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c.m.breaker(s.Namespace, s.Name, true)
@@ -526,11 +534,53 @@ func (c *Controller) suspended(s *corev1.Secret, ws []string) {
 		s.Name, c.o.BreakerChanges, c.o.BreakerWindow, c.o.BreakerWindow, ResumeAnnotation, s.Name, ResumeAnnotation)
 	c.log.Warn("rotation suspended", "namespace", s.Namespace, "secret", s.Name, "changes", c.o.BreakerChanges, "window", c.o.BreakerWindow)
 	c.emit(ctx, secretRef(s), corev1.EventTypeWarning, ReasonRotationSuspended, "Suspend", note)
+	mark, _ := json.Marshal(suspension{At: at, Resume: s.Annotations[ResumeAnnotation]})
 	for _, k := range ws {
-		if w, ok := c.workload(k); ok {
-			c.emit(ctx, workloadRef(w), corev1.EventTypeWarning, ReasonRotationSuspended, "Suspend", note)
+		w, ok := c.workload(k)
+		if !ok {
+			continue
+		}
+		c.emit(ctx, workloadRef(w), corev1.EventTypeWarning, ReasonRotationSuspended, "Suspend", note)
+		for id, name := range mounted(w.Template()) {
+			if name != s.Name {
+				continue
+			}
+			v := string(mark)
+			if err := c.record(ctx, w, map[string]*string{SuspendedPrefix + id: &v}); err != nil {
+				c.log.Warn("record the suspension; a restarted watch would start with the breaker closed", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "error", err)
+			}
 		}
 	}
+}
+
+// suspension is the value of a SuspendedPrefix annotation.
+type suspension struct {
+	At     time.Time `json:"at"`
+	Resume string    `json:"resume,omitempty"`
+}
+
+// restoreBreaker reopens, once per Secret after the start, the breaker a
+// previous replica recorded as open on a workload (mark), unless this
+// replica has seen it resume since. The start counts as a change: the
+// Secret resumes once quiet for the window from now, or by its annotation.
+func (c *Controller) restoreBreaker(skey string, s *corev1.Secret, mark string, now time.Time) {
+	c.mu.Lock()
+	first := !c.looked[skey]
+	c.looked[skey] = true
+	c.mu.Unlock()
+	if !first || mark == "" {
+		return
+	}
+	var sp suspension
+	if err := json.Unmarshal([]byte(mark), &sp); err != nil || sp.At.IsZero() {
+		c.log.Warn("unreadable suspension mark; ignored", "namespace", s.Namespace, "secret", s.Name, "value", mark)
+		return
+	}
+	if !c.pace.Restore(skey, sp.At, sp.Resume, now) {
+		return
+	}
+	c.m.breaker(s.Namespace, s.Name, true)
+	c.log.Warn("rotation still suspended (recorded by a previous replica)", "namespace", s.Namespace, "secret", s.Name, "since", sp.At)
 }
 
 func (c *Controller) workload(key string) (workload.Workload, bool) {
@@ -589,6 +639,16 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		if !ok {
 			continue // not (yet) in its informer: its Add event brings us back
 		}
+		c.restoreBreaker(skey, s, recorded[SuspendedPrefix+id], now)
+		suspended, resumed, until := c.pace.Suspended(skey, now, s.Annotations[ResumeAnnotation])
+		if resumed {
+			c.m.breaker(s.Namespace, s.Name, false)
+			c.log.Info("rotation resumed", "namespace", s.Namespace, "secret", s.Name)
+			c.emit(ctx, secretRef(s), corev1.EventTypeNormal, ReasonRotationResumed, "Resume", fmt.Sprintf("rotations of secret %s resumed", s.Name))
+		}
+		if !suspended && recorded[SuspendedPrefix+id] != "" {
+			changes[SuspendedPrefix+id] = nil
+		}
 		cur := c.stateOf(t, id, skey, s)
 		rec := recorded[RotatedPrefix+id]
 		switch {
@@ -599,12 +659,6 @@ func (c *Controller) sync(ctx context.Context, key string) {
 			continue
 		case rec == cur:
 			continue
-		}
-		suspended, resumed, until := c.pace.Suspended(skey, now, s.Annotations[ResumeAnnotation])
-		if resumed {
-			c.m.breaker(s.Namespace, s.Name, false)
-			c.log.Info("rotation resumed", "namespace", s.Namespace, "secret", s.Name)
-			c.emit(ctx, secretRef(s), corev1.EventTypeNormal, ReasonRotationResumed, "Resume", fmt.Sprintf("rotations of secret %s resumed", s.Name))
 		}
 		if suspended {
 			c.enqueue(key, until)
@@ -617,8 +671,10 @@ func (c *Controller) sync(ctx context.Context, key string) {
 	}
 	// Marks of injections that were removed.
 	for k := range recorded {
-		if id, ok := strings.CutPrefix(k, RotatedPrefix); ok && ids[id] == "" {
-			changes[k] = nil
+		for _, prefix := range []string{RotatedPrefix, SuspendedPrefix} {
+			if id, ok := strings.CutPrefix(k, prefix); ok && ids[id] == "" {
+				changes[k] = nil
+			}
 		}
 	}
 	if len(changes) > 0 {

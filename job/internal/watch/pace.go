@@ -106,6 +106,23 @@ func (p *Pacer) Suspended(secret string, now time.Time, resume string) (suspende
 	return true, false, until
 }
 
+// Restore opens secret's breaker as a previous replica left it: tripped at
+// at, its resume annotation then resume. The restart counts as a change at
+// now (what changed while no replica ran is unknown), so a quiet Secret
+// resumes a window after now. It reports false if the breaker is open
+// already.
+func (p *Pacer) Restore(secret string, at time.Time, resume string, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.init()
+	if _, open := p.open[secret]; open {
+		return false
+	}
+	p.open[secret] = trip{at: at, resume: resume}
+	p.changes[secret] = append(p.changes[secret], now)
+	return true
+}
+
 // Open tells whether secret's breaker is open, without changing it.
 func (p *Pacer) Open(secret string) bool {
 	p.mu.Lock()

@@ -140,6 +140,13 @@ func newRig(t *testing.T) *rig {
 	}
 	r := &rig{t: t, clk: clocktesting.NewFakeClock(t0), client: fake.NewClientset(d)}
 	r.secret = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "100"}, Data: map[string][]byte{"password": []byte("v0")}}
+	r.restart()
+	return r
+}
+
+// restart replaces the controller with a new one, as a new replica (or a
+// restarted one) starts: it knows only what the API holds.
+func (r *rig) restart() {
 	r.c = New(r.client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
 		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk, Metrics: NewMetrics(),
@@ -159,7 +166,6 @@ func newRig(t *testing.T) *rig {
 	r.c.mu.Unlock()
 	r.c.secretChanged("ns/db", nil, r.secret)
 	r.runDue()
-	return r
 }
 
 // runDue syncs, in the test's goroutine, every workload due by now.
@@ -302,6 +308,73 @@ func TestWatchFlappingSecretTripsBreaker(t *testing.T) {
 		t.Error("breaker still open after a quiet window")
 	}
 	t.Logf("rotations: %v", r.rotations)
+}
+
+// A replica started while a Secret's breaker is open keeps its rotations
+// suspended (the mark on the workload), rather than starting over with a
+// closed breaker and rotating a flapping Secret every --min-interval; the
+// resume annotation, or a quiet window from its start, resumes them, and
+// the mark goes.
+func TestWatchBreakerSurvivesRestart(t *testing.T) {
+	r := newRig(t)
+	for i := range 11 {
+		r.update(fmt.Sprintf("v%d", i+1), nil) // rv 101 .. 111
+		r.step(time.Second)
+	}
+	if !r.c.pace.Open("ns/db") {
+		t.Fatal("breaker not open")
+	}
+	d, _ := r.client.AppsV1().Deployments("ns").Get(context.Background(), "web", metav1.GetOptions{})
+	if d.Annotations[SuspendedPrefix+"db"] == "" {
+		t.Fatalf("no %s mark on the Deployment: %v", SuspendedPrefix+"db", d.Annotations)
+	}
+
+	r.restart()
+	if !r.c.pace.Open("ns/db") {
+		t.Fatal("breaker closed after a restart")
+	}
+	before := len(r.rotations)
+	for i := range 5 {
+		r.update(fmt.Sprintf("w%d", i+1), nil) // rv 112 .. 116
+		r.step(20 * time.Second)
+	}
+	if len(r.rotations) != before {
+		t.Fatalf("rotated after the restart while suspended: %v", r.rotations[before:])
+	}
+	r.update("", map[string]string{ResumeAnnotation: "now"})
+	if len(r.rotations) != before+1 || r.recorded() != "rv:116" {
+		t.Errorf("after the resume annotation: rotations %v, recorded %q; want one more, to the last data (rv:116)", r.rotations, r.recorded())
+	}
+	d, _ = r.client.AppsV1().Deployments("ns").Get(context.Background(), "web", metav1.GetOptions{})
+	if v, ok := d.Annotations[SuspendedPrefix+"db"]; ok {
+		t.Errorf("mark %s=%s left after the resume", SuspendedPrefix+"db", v)
+	}
+
+	// Resumed, then restarted: nothing restored.
+	r.restart()
+	if r.c.pace.Open("ns/db") {
+		t.Error("breaker open after a restart that followed a resume")
+	}
+}
+
+// Restarted while suspended, with no further change: it resumes a quiet
+// window after its start.
+func TestWatchRestoredBreakerResumesWhenQuiet(t *testing.T) {
+	r := newRig(t)
+	for i := range 11 {
+		r.update(fmt.Sprintf("v%d", i+1), nil)
+		r.step(time.Second)
+	}
+	r.restart()
+	before := len(r.rotations)
+	r.step(DefaultBreakerWindow - 2*time.Second)
+	if len(r.rotations) != before || !r.c.pace.Open("ns/db") {
+		t.Fatalf("resumed before a quiet window from the restart: rotations %v", r.rotations[before:])
+	}
+	r.step(3 * time.Second)
+	if len(r.rotations) != before+1 || r.recorded() != "rv:111" || r.c.pace.Open("ns/db") {
+		t.Errorf("a quiet window after the restart: rotations %v, recorded %q; want one more, to rv:111, breaker closed", r.rotations, r.recorded())
+	}
 }
 
 func TestWatchResumeAnnotation(t *testing.T) {

@@ -2,12 +2,14 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // State survives the controller: a rotation is recorded on the workload
@@ -156,5 +158,59 @@ func TestAPIWatchAllNamespaces(t *testing.T) {
 	})
 	if p := f.refreshedAt(); p["plain-0"] != "" {
 		t.Errorf("pod plain-0 of a Deployment that was not injected was refreshed")
+	}
+}
+
+// The breaker survives the controller: a replica that trips it records the
+// suspension on the workload; one started after it (a restart, a new
+// leader) keeps the Secret's rotations suspended through more changes, and
+// rotates once, to the last content, when the resume annotation is set,
+// removing the mark.
+func TestAPIWatchBreakerAfterRestart(t *testing.T) {
+	f := newFx(t)
+	onWeb := func(reason string) int {
+		n := 0
+		for _, e := range f.events(reason) {
+			if strings.HasPrefix(e, "Deployment/web ") {
+				n++
+			}
+		}
+		return n
+	}
+	mark := func() string {
+		d, err := f.c.AppsV1().Deployments(f.ns).Get(f.ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Annotations[SuspendedPrefix+"db"]
+	}
+	a := f.start("a", nil, nil)
+	f.until("a's baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	for i := range DefaultBreakerChanges + 1 {
+		f.setSecret("db", fmt.Sprintf("v%d", i+1), nil)
+	}
+	f.until("the breaker trips and is marked on web", 30*time.Second, func() bool { return onWeb(ReasonRotationSuspended) == 1 && mark() != "" })
+	a.stop(t)
+	refreshed := onWeb(ReasonRefreshed)
+
+	b := f.start("b", nil, nil)
+	f.until("b leads", 30*time.Second, func() bool { return f.holder() == "b" })
+	var last string
+	for i := range 3 {
+		last = f.setSecret("db", fmt.Sprintf("w%d", i+1), nil)
+		time.Sleep(1500 * time.Millisecond) // more than b's --min-interval
+	}
+	if n := onWeb(ReasonRefreshed); n != refreshed {
+		t.Fatalf("b rotated a Secret whose breaker a left open: %d Refreshed Events on web, %d before b", n, refreshed)
+	}
+	if !strings.Contains(b.logs.String(), "rotation still suspended") {
+		t.Errorf("b's logs do not say it found the suspension:\n%s", b.logs.String())
+	}
+	f.setSecret("db", "", map[string]string{ResumeAnnotation: "now"})
+	f.until("b rotates the last content once resumed", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+last })
+	f.until("the mark is removed", 30*time.Second, func() bool { return mark() == "" })
+	b.stop(t)
+	if n := onWeb(ReasonRefreshed); n != refreshed+1 {
+		t.Errorf("%d Refreshed Events on web; want %d: one rotation after the resume", n, refreshed+1)
 	}
 }
