@@ -177,6 +177,7 @@ RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 IMAGE_PLATFORMS   := linux/amd64 linux/arm64
 RELEASE_TOOL      := $(BIN)/k8secrets-release
 CYCLONEDX_GOMOD   := $(CACHE_DIR)/cyclonedx-gomod-$(CYCLONEDX_GOMOD_VERSION)/cyclonedx-gomod
+KREW              := $(CACHE_DIR)/krew-$(KREW_VERSION)/krew
 # Where `make release` says the images go, and `make push` pushes them.
 REGISTRY          ?= ghcr.io/k8secrets
 
@@ -191,8 +192,8 @@ push: release-tool ## Push the multi-arch images of dist/ (make release) to REGI
 	$(RELEASE_TOOL) push -dist $(DIST) -registry $(REGISTRY)
 
 .PHONY: release-test
-release-test: release ## Inspect the artifacts of make release and push them to a registry started by the test.
-	cd hack/release && DIST=$(DIST) VERSION=$(VERSION) REVISION=$(REVISION) $(GO) test -count=1 -timeout 20m ./...
+release-test: release krew-tool ## Inspect the artifacts of make release, install the krew manifest with krew, push the images to a registry started by the test.
+	cd hack/release && DIST=$(DIST) VERSION=$(VERSION) REVISION=$(REVISION) KREW=$(KREW) $(GO) test -count=1 -timeout 20m ./...
 
 .PHONY: release-binaries
 release-binaries: ## Static binaries for every platform into dist/bin/OS-ARCH/ (the Job everywhere; agent and demo for the images).
@@ -208,6 +209,17 @@ release-binaries: ## Static binaries for every platform into dist/bin/OS-ARCH/ (
 .PHONY: release-tool
 release-tool:
 	$(GO) -C hack/release build -o $(RELEASE_TOOL) .
+
+.PHONY: krew-tool
+krew-tool: ## Build the krew CLI $(KREW_VERSION) into $(CACHE_DIR) (cached by version).
+	@if [ ! -x $(KREW) ]; then \
+		grep -q 'sigs.k8s.io/krew $(KREW_VERSION)' hack/release/tools/krew/go.mod || \
+			{ echo "hack/release/tools/krew/go.mod does not require krew $(KREW_VERSION) (hack/versions.mk)"; exit 1; }; \
+		echo "build krew $(KREW_VERSION)"; \
+		mkdir -p $(dir $(KREW)); \
+		CGO_ENABLED=0 $(GO) -C hack/release/tools/krew build -trimpath -o $(KREW).tmp sigs.k8s.io/krew/cmd/krew && \
+		mv $(KREW).tmp $(KREW); \
+	fi
 
 .PHONY: sbom-tool
 sbom-tool: ## Build cyclonedx-gomod $(CYCLONEDX_GOMOD_VERSION) into $(CACHE_DIR) (cached by version).

@@ -12,6 +12,9 @@ HELM_VERSION    := v4.3.1
 PROMETHEUS_OPERATOR_VERSION := v0.85.0
 # Debian release of the offline kind node image's root filesystem.
 NODE_DEBIAN_SUITE := bookworm
-export K8S_VERSION ETCD_VERSION COREDNS_VERSION CRICTL_VERSION KIND_VERSION PAUSE_VERSION HELM_VERSION NODE_DEBIAN_SUITE CYCLONEDX_GOMOD_VERSION
+export K8S_VERSION ETCD_VERSION COREDNS_VERSION CRICTL_VERSION KIND_VERSION PAUSE_VERSION HELM_VERSION NODE_DEBIAN_SUITE CYCLONEDX_GOMOD_VERSION KREW_VERSION
 # The SBOM generator of `make release` (hack/release/tools/cyclonedx-gomod).
 CYCLONEDX_GOMOD_VERSION := v1.10.0
+# The krew CLI that `make release-test` installs the krew manifest with
+# (hack/release/tools/krew).
+KREW_VERSION := v0.4.3

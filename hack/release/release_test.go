@@ -652,6 +652,50 @@ func TestChecksumsAndKrew(t *testing.T) {
 	}
 }
 
+// TestKrewInstall installs the krew manifest with krew itself (KREW built
+// by make krew-tool), from the release's own archives (--archive: krew
+// checks them against the manifest's sha256 as if it had downloaded them),
+// once per platform it lists (KREW_OS, KREW_ARCH): krew validates the
+// manifest, unpacks the files it names and links the plugin's binary; the
+// native one then runs. Installing an archive under another platform's
+// entry fails on its checksum.
+func TestKrewInstall(t *testing.T) {
+	r := setup(t)
+	krew := os.Getenv("KREW")
+	if krew == "" {
+		t.Fatal("KREW names the krew binary: run make release-test")
+	}
+	manifest := filepath.Join(r.Dist, "plugins", "k8secrets.yaml")
+	install := func(platform, archive string) (string, error) {
+		root := t.TempDir()
+		goos, goarch, _ := strings.Cut(platform, "/")
+		cmd := exec.Command(krew, "install", "--manifest="+manifest, "--archive="+archive)
+		cmd.Env = append(cmd.Environ(), "KREW_ROOT="+root, "KREW_OS="+goos, "KREW_ARCH="+goarch)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("krew install for %s: %v\n%s", platform, err, out)
+		}
+		return filepath.Join(root, "bin", "kubectl-k8secrets"), nil
+	}
+	archive := func(platform string) string {
+		return filepath.Join(r.Dist, fmt.Sprintf("kubectl-k8secrets_%s_%s.tar.gz", r.Version, strings.ReplaceAll(platform, "/", "_")))
+	}
+	for _, p := range allPlatforms {
+		t.Run(p, func(t *testing.T) {
+			bin, err := install(p, archive(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := checkBinary(bin, p, r.Version); err != nil {
+				t.Errorf("the plugin krew installed: %v", err)
+			}
+		})
+	}
+	if _, err := install("linux/amd64", archive("linux/arm64")); err == nil || !strings.Contains(err.Error(), "checksum does not match") {
+		t.Errorf("krew install of linux/arm64's archive as linux/amd64 = %v; want a checksum mismatch", err)
+	}
+}
+
 // TestPush pushes dist/images as `make push` does to a registry the test
 // starts (go-containerregistry's, in memory), pulls every index back, and
 // checks both platforms' images and their binaries.
