@@ -82,8 +82,9 @@ const (
 )
 
 // VerifyFunc tells how many of the pods in ns that mount secret and match
-// selector (the rotated workload's) have loaded its current data (verified of total) and names the others. It returns
-// when all have, or when ctx ends (then with the stale ones).
+// selector (the rotated workload's) have loaded its current data (verified
+// of total) and names the others. It returns when all have, or when ctx
+// ends (then with the stale ones).
 type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
 
 // Options of the controller.
@@ -418,6 +419,7 @@ func (c *Controller) setMounts(key, ns string, want []string) {
 				}
 				delete(c.dataRV, s)
 				delete(c.seen, s)
+				delete(c.looked, s)
 			}
 		}
 	}
