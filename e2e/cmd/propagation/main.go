@@ -149,6 +149,9 @@ type sample struct {
 	// Detail breaks the time down: the Secret update API call, the refresh
 	// command, or the random wait before the update.
 	Detail string `json:"detail,omitempty"`
+	// MostDown and Starts: the restart series only.
+	MostDown int    `json:"mostDown,omitempty"`
+	Starts   string `json:"starts,omitempty"`
 }
 
 type bench struct {
@@ -243,6 +246,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	if o.restartUpdates > 0 {
 		fmt.Println(summary(fmt.Sprintf("watch, restart mode, %d replicas", o.restartReplicas), restart) + "  " + load["restart"])
+		over := 0
+		for _, s := range restart {
+			if s.MostDown > 1 {
+				over++
+			}
+		}
+		fmt.Printf("  restart mode: %d of %d updates had more than one pod not Ready at once (the starts against the pokes are in the log)\n", over, len(restart))
 	}
 	if !o.skipPeriodic {
 		fmt.Println(summary("without refresh", periodic) + "  " + load["periodic"])
