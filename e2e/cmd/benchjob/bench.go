@@ -411,7 +411,11 @@ func (b *bench) inject(ctx context.Context, p int) error {
 	}
 	load := loadavg()
 	start := time.Now()
-	r, err := b.runJob(ctx, name, "--max-parallel", strconv.Itoa(p))
+	args := []string{"--max-parallel", strconv.Itoa(p)}
+	if b.o.Reload != "" {
+		args = append(args, "--reload", b.o.Reload)
+	}
+	r, err := b.runJob(ctx, name, args...)
 	b.printf("\n2-4. inject --max-parallel %d (real run): %.1f s wall, peak RSS %.1f MiB, exit %d  [load %s -> %s]\n",
 		p, r.Wall.Seconds(), float64(r.MaxRSS)/1024, r.Exit, load, loadavg())
 	b.printf("   report: %s\n", results(filepath.Join(b.o.Out, name+".out")))

@@ -66,6 +66,7 @@ type options struct {
 	K8sVersion         string
 	Phases             map[string]bool
 	MaxParallel        []int
+	Reload             string
 	Keep               bool
 }
 
@@ -84,6 +85,7 @@ func parse(args []string) (options, error) {
 	fs.StringVar(&o.Out, "out", "", "folder for the report, the Job's reports and logs (default $CACHE_DIR/bench-job/TIME)")
 	phases := fs.String("phases", "dryrun,inject,kubectl", "what to measure: dryrun, inject, kubectl, watch (after inject: watch.go)")
 	maxParallel := fs.String("max-parallel", "1", "the Job's --max-parallel for the inject phase; a comma-separated list runs inject once per value, with a remove between them")
+	fs.StringVar(&o.Reload, "reload", "", "the Job's --reload for the inject phase (default: the Job's, restart; the watch phase's signal-mode figures need signal:SIGHUP)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the cluster")
 	if err := fs.Parse(args); err != nil {
 		return o, err
