@@ -20,15 +20,7 @@ import (
 func TestAPIWatchStateAfterRestart(t *testing.T) {
 	f := newFx(t)
 	// Rotations of web, by the Events on it (the Secret gets one too).
-	onWeb := func(reason string) int {
-		n := 0
-		for _, e := range f.events(reason) {
-			if strings.HasPrefix(e, "Deployment/web ") {
-				n++
-			}
-		}
-		return n
-	}
+	onWeb := func(reason string) int { return f.eventsOn("Deployment/web", reason) }
 	refreshed := func() int { return onWeb(ReasonRefreshed) }
 
 	a := f.start("a", nil, nil)
@@ -168,15 +160,7 @@ func TestAPIWatchAllNamespaces(t *testing.T) {
 // removing the mark.
 func TestAPIWatchBreakerAfterRestart(t *testing.T) {
 	f := newFx(t)
-	onWeb := func(reason string) int {
-		n := 0
-		for _, e := range f.events(reason) {
-			if strings.HasPrefix(e, "Deployment/web ") {
-				n++
-			}
-		}
-		return n
-	}
+	onWeb := func(reason string) int { return f.eventsOn("Deployment/web", reason) }
 	mark := func() string {
 		d, err := f.c.AppsV1().Deployments(f.ns).Get(f.ctx, "web", metav1.GetOptions{})
 		if err != nil {
@@ -213,4 +197,15 @@ func TestAPIWatchBreakerAfterRestart(t *testing.T) {
 	if n := onWeb(ReasonRefreshed); n != refreshed+1 {
 		t.Errorf("%d Refreshed Events on web; want %d: one rotation after the resume", n, refreshed+1)
 	}
+}
+
+// eventsOn counts the Events of reason on one object ("Kind/name").
+func (f *fx) eventsOn(object, reason string) int {
+	n := 0
+	for _, e := range f.events(reason) {
+		if strings.HasPrefix(e, object+" ") {
+			n++
+		}
+	}
+	return n
 }
