@@ -49,6 +49,14 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		return err
 	}
 
+	var turn *reload.Turn
+	if cfg.TurnFile != "" {
+		turn = &reload.Turn{File: cfg.TurnFile, Hold: cfg.TurnHold, Fresh: reload.TurnFresh, Every: reload.TurnEvery, Poll: reload.TurnPoll}
+		if err := turn.Start(); err != nil {
+			return err
+		}
+	}
+
 	release := &memoryRelease{every: releaseEvery}
 	var runner *reload.Runner
 	wopts := watch.Options{
@@ -74,6 +82,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		OnSuccess:      func() { watcher.Reloaded(); release.after() },
 		OnFailure:      func(err error) { watcher.Failed(err) },
 		OnStale:        watcher.Stale,
+		Turn:           turn,
 		Logger:         logger,
 		Metrics:        m,
 	})
@@ -91,6 +100,13 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	go func() { srvErr <- health.Serve(ctx, ln, checks) }()
 	runnerDone := make(chan struct{})
 	go func() { runner.Run(ctx); close(runnerDone) }()
+	turnDone := make(chan struct{})
+	go func() {
+		if turn != nil {
+			turn.Run(ctx)
+		}
+		close(turnDone)
+	}()
 	watchErr := make(chan error, 1)
 	go func() { watchErr <- watcher.Run(ctx) }()
 
@@ -112,6 +128,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	}
 	cancel()
 	<-runnerDone
+	<-turnDone
 	if watchErr != nil {
 		<-watchErr
 	}

@@ -63,6 +63,15 @@ const (
 	// StateVolumeSuffix: VolumePrefix + ID + StateVolumeSuffix names it.
 	StateVolumeSuffix = "-state"
 
+	// AgentTurnDir holds, in the agent of a restart or restart-all
+	// injection, a downward API file (AgentTurnFile) of the pod's
+	// RefreshAnnotation: the agent restarts the app only when it changes,
+	// that is when the Job's watch or refresh gives the pod its turn.
+	AgentTurnDir  = "/var/run/k8secrets-agent/turn"
+	AgentTurnFile = "refreshed-at"
+	// TurnVolumeSuffix: VolumePrefix + ID + TurnVolumeSuffix names it.
+	TurnVolumeSuffix = "-turn"
+
 	// TargetMountDir + "/" + ID is where an injection's target marker, an
 	// empty memory-backed emptyDir (a tmpfs of its own), is mounted
 	// read-only into the agent and into the app containers that take the

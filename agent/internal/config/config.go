@@ -43,6 +43,8 @@ type Config struct {
 	PIDFile          string
 	TargetMount      []string
 	StateDir         string
+	TurnFile         string
+	TurnHold         time.Duration
 	HTTPMethod       string
 	HTTPSuccessCodes string
 	HTTPTimeout      time.Duration
@@ -80,6 +82,10 @@ func Default() Config {
 		// restart at the same moment; 5s spreads them by more than a
 		// restart takes and stays well inside the Job's 30s --settle.
 		RestartJitter: 5 * time.Second,
+		// Longer than the Job's one-at-a-time restart of a workload takes
+		// (about 5 to 15 s a pod), short enough that an app whose owners
+		// run neither the watch nor refresh still gets the content.
+		TurnHold: 5 * time.Minute,
 		// Folds a burst (several Secrets updated together) into at most
 		// two reloads while the first change still reloads at once.
 		MinInterval: time.Second,
@@ -112,6 +118,13 @@ Reload specs (repeatable, run in order):
   http:URL      send --http-method to URL
   exec:COMMAND  run COMMAND in the agent's container (split like a shell
                 would, without a shell)
+
+Turns (restart and restart-all, with --turn-file):
+  a restart waits for the pod's turn: a change of its k8secrets.io/refreshed-at
+  annotation, which the Job's watch and refresh make one pod at a time, each
+  Ready before the next. The kubelet's own periodic sync delivers content to
+  any pod at any moment; without turns, pods that got it restarted at once,
+  beside the one being restarted. No turn within --turn-hold: restart anyway.
 
 Target processes (signal and restart):
   --process NAME  processes whose /proc/PID/comm or executable base name is NAME
@@ -154,6 +167,8 @@ func newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.String("pidfile", "", "target the process whose PID is in this file")
 	fs.StringArray("target-mount", nil, "target the containers that mount the volume the agent sees at this directory (repeatable; default: the --watch directories' volumes); the Job's marker for apps that take the Secret through env")
 	fs.String("state-dir", "", "restart-all: a writable directory that outlives the agent's restarts (an emptyDir), to restart the pod once per content and catch changes made while the agent was down")
+	fs.String("turn-file", "", "restart and restart-all: a downward API file of the pod's k8secrets.io/refreshed-at annotation; a restart waits until it changes (the pod's turn, given by the Job's watch or refresh), at most --turn-hold")
+	fs.Duration("turn-hold", d.TurnHold, "with --turn-file: restart anyway when no turn came within this")
 	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
 	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
 	fs.Duration("http-timeout", d.HTTPTimeout, "timeout of an http: reload")
@@ -225,6 +240,8 @@ func Load(args []string, out io.Writer) (Config, error) {
 	c.PIDFile = v.GetString("pidfile")
 	c.TargetMount = r.list("target-mount")
 	c.StateDir = v.GetString("state-dir")
+	c.TurnFile = v.GetString("turn-file")
+	c.TurnHold = r.duration("turn-hold")
 	c.HTTPMethod = v.GetString("http-method")
 	c.HTTPSuccessCodes = v.GetString("http-success-codes")
 	c.HTTPTimeout = r.duration("http-timeout")
@@ -338,7 +355,7 @@ func (c Config) problems() []error {
 	if len(c.Reload) == 0 {
 		add("--reload: at least one spec is required (signal:NAME, restart, http:URL or exec:COMMAND)")
 	}
-	targets, restartAll := false, false
+	targets, restartAll, restart := false, false, false
 	for _, s := range c.Reload {
 		r, err := reloadspec.Parse(s)
 		if err != nil {
@@ -347,12 +364,19 @@ func (c Config) problems() []error {
 		}
 		targets = targets || r.Kind == "signal" || r.Kind == "restart"
 		restartAll = restartAll || r.Kind == "restart-all"
+		restart = restart || r.Kind == "restart"
 	}
 	if restartAll && len(c.Reload) > 1 {
 		add("--reload restart-all: must be the only spec (it restarts every container of the pod)")
 	}
 	if c.StateDir != "" && !restartAll {
 		add("--state-dir: only used by --reload restart-all")
+	}
+	if c.TurnFile != "" && !restart && !restartAll {
+		add("--turn-file: only used by --reload restart and restart-all (the reloads that take the app down)")
+	}
+	if c.TurnHold <= 0 {
+		add("--turn-hold: must be positive, got %s", c.TurnHold)
 	}
 	if c.Process != "" && c.PIDFile != "" {
 		add("--process and --pidfile: set at most one")

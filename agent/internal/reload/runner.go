@@ -26,7 +26,10 @@ type RunnerOptions struct {
 	// StartGate, when set, may refuse the start-up reload (see startup):
 	// it judges the current content, where Gate judges what changed.
 	StartGate func() error
-	Logger    *slog.Logger
+	// Turn, when set, holds each restart (restart and restart-all) until
+	// the pod's turn: see Turn. Other reloads never wait.
+	Turn   *Turn
+	Logger *slog.Logger
 	Metrics   *metrics.Agent
 
 	// OnSuccess, when set, is called after a reload whose actions all
@@ -99,6 +102,13 @@ func (r *Runner) Run(ctx context.Context) {
 			if !sleep(ctx, wait) {
 				return
 			}
+		}
+		if r.opts.Turn != nil && r.takesDown() {
+			why, ok := r.opts.Turn.Wait(ctx, r.log)
+			if !ok {
+				return
+			}
+			r.log.Info("restarting", "why", why)
 		}
 		// Changes seen from here on are read by this reload or cause
 		// another: drain what the wait folded.
@@ -194,6 +204,17 @@ func (r *Runner) reload(ctx context.Context) {
 func (r *Runner) restarts() bool {
 	for _, a := range r.opts.Actions {
 		if a.Kind() == "restart" {
+			return true
+		}
+	}
+	return false
+}
+
+// takesDown tells whether a reload takes the app down (restart or
+// restart-all): those wait for the pod's turn.
+func (r *Runner) takesDown() bool {
+	for _, a := range r.opts.Actions {
+		if k := a.Kind(); k == "restart" || k == "restart-all" {
 			return true
 		}
 	}

@@ -155,6 +155,9 @@ func Inject(w workload.Workload, o Options) (Change, error) {
 			withRestartAll(spec, agent, id)
 			ch.Check = keepsRestartRule(id)
 		}
+		if mode := reloadMode(o.Reload); mode == "restart" || mode == "restart-all" {
+			withTurns(spec, agent, id, mode)
+		}
 		if o.NativeSidecar {
 			spec.WithInitContainers(agent.WithRestartPolicy(corev1.ContainerRestartPolicyAlways))
 		} else {
