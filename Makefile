@@ -59,11 +59,12 @@ unit: test-assets helm ## Unit tests and real-API-server tests, with the race de
 	K8SECRETS_TEST_ASSETS=$(KUBE_BIN) K8SECRETS_HELM=$(HELM) $(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: test
-# One stage after the other. Running the unit tests beside the release build
-# and the cluster's set-up (make -j3, f6ee870) saved 107 s of 2,242 here, but
-# the project's CI run of it did not finish within its 90 minutes, with no
-# output after the unit tests' to say why; one at a time, CI had passed in
-# 2,236 s. .ci/run stamps each stage, so a stage that hangs is named.
+# One stage after the other. The overlapped stages of f6ee870 (make -j3)
+# saved 107 s of 2,242 here, and hung in the project's CI: dockerd, started
+# by ci-deps inside the parallel make, inherited its jobserver pipe, and a
+# parallel make ends by reading that pipe to its end (reproduced here with
+# dockerd stopped first; hack/ci-deps.sh no longer passes it on). .ci/run
+# names what runs every 5 minutes, so a stage that hangs is named.
 test: lint unit release-test e2e ## Everything CI runs: lint, unit and API-server tests, the release artifacts, then the e2e suite on kind.
 
 .PHONY: e2e-setup

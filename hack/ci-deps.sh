@@ -37,7 +37,20 @@ fi
 dockerd_log=${DOCKERD_LOG:-/var/log/k8secrets-dockerd.log}
 log "starting dockerd (log: $dockerd_log)"
 dockerd=$(command -v dockerd || echo /usr/sbin/dockerd)
-nohup setsid "$dockerd" >>"$dockerd_log" 2>&1 </dev/null &
+# The daemon must not inherit this script's other open files: under make -j
+# they include the jobserver's pipe, and a parallel make ends by reading
+# that pipe to its end, which never comes while dockerd (and containerd,
+# its shims) hold its write side: the make hung after its last target
+# (the project's CI of f6ee870, reproduced here on 2026-12-01).
+close_fds() {
+	local fd
+	for fd in /proc/self/fd/*; do
+		fd=${fd##*/}
+		((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+	done
+	return 0
+}
+(close_fds && exec nohup setsid "$dockerd" >>"$dockerd_log" 2>&1 </dev/null) &
 for _ in $(seq 1 60); do
 	if docker info >/dev/null 2>&1; then
 		log "dockerd ready"

@@ -86,7 +86,7 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", defKubeconfig, "kubeconfig of the cluster (default: $KIND_KUBECONFIG, else the kind cluster's of make cluster)")
 	flag.StringVar(&o.job, "job", defaultJob(), "the k8secrets-job binary (default: $BIN/k8secrets-job, else bin/ of the repository)")
 	flag.StringVar(&o.tag, "tag", "", "tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster (required)")
-	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of each side-by-side series (watch, refresh, rollout)")
+	flag.IntVar(&o.refreshUpdates, "refresh-updates", 30, "Secret updates of each side-by-side series (watch, refresh, rollout; 0: skip them)")
 	flag.IntVar(&o.replicas, "replicas", 2, "replicas of the Deployment of each side-by-side series; an update counts when every replica reloaded it")
 	flag.IntVar(&o.periodicPods, "periodic-pods", 12, "Deployments (one pod, one Secret each) updated concurrently in the series without refresh")
 	flag.IntVar(&o.periodicRounds, "periodic-rounds", 2, "rounds of the series without refresh (samples = pods × rounds)")
@@ -167,8 +167,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.tag == "" {
 		return errors.New("-tag is required: the tag of the k8secrets-agent and k8secrets-demo images loaded into the cluster")
 	}
-	if o.refreshUpdates < 1 || o.replicas < 1 || o.periodicPods < 1 || o.periodicRounds < 1 {
-		return errors.New("-refresh-updates, -replicas, -periodic-pods and -periodic-rounds must be at least 1")
+	if o.refreshUpdates < 0 || o.replicas < 1 || o.periodicPods < 1 || o.periodicRounds < 1 {
+		return errors.New("-replicas, -periodic-pods and -periodic-rounds must be at least 1, -refresh-updates at least 0")
+	}
+	if o.refreshUpdates == 0 {
+		o.series = "" // no side-by-side series
 	}
 	job, err := filepath.Abs(o.job)
 	if err != nil {
@@ -204,14 +207,17 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	start := time.Now()
 	load := map[string]string{}
 	l0 := loadAverage()
-	side, err := b.sideBySide(ctx, o)
-	for _, s := range strings.Split(o.series, ",") {
-		all = append(all, side[s]...)
+	side := map[string][]sample{}
+	if o.series != "" {
+		side, err = b.sideBySide(ctx, o)
+		for _, s := range strings.Split(o.series, ",") {
+			all = append(all, side[s]...)
+		}
+		if err != nil {
+			return err
+		}
+		load["side"] = l0 + " → " + loadAverage()
 	}
-	if err != nil {
-		return err
-	}
-	load["side"] = l0 + " → " + loadAverage()
 	var restart []sample
 	if o.restartUpdates > 0 {
 		l0 = loadAverage()
@@ -242,7 +248,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	fmt.Printf("%-50s %7s %8s %8s %8s %8s  %s\n", "series", "samples", "min", "p50", "p95", "max", "load average 1m (start → end)")
 	names := map[string]string{seriesWatch: "watch (Verified Event, every replica)", seriesRefresh: "refresh --wait (every replica)", seriesRollout: "rollout restart (all new pods Ready)"}
 	for _, s := range strings.Split(o.series, ",") {
-		fmt.Println(summary(fmt.Sprintf("%s, %d replicas", names[s], o.replicas), side[s]) + "  " + load["side"])
+		if s != "" {
+			fmt.Println(summary(fmt.Sprintf("%s, %d replicas", names[s], o.replicas), side[s]) + "  " + load["side"])
+		}
 	}
 	if o.restartUpdates > 0 {
 		fmt.Println(summary(fmt.Sprintf("watch, restart mode, %d replicas", o.restartReplicas), restart) + "  " + load["restart"])
