@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -232,13 +233,48 @@ func restartCount(p *corev1.Pod) int32 {
 	return n
 }
 
+// repokeEvery is how often waitRestarted pokes again a pod whose app has
+// not gone down yet. A poke sent just after the Secret's update can make
+// the kubelet resync the pod before its own watch of the Secret has the new
+// data: it then writes the old content, and the pod, whose agent restarts
+// only on a turn (plan.withTurns), would wait for the next poke. One such
+// pod of five, measured (make bench-propagation, restart series).
+var repokeEvery = 2 * time.Second
+
 // waitRestarted waits, at most settle, for the pod's app to have restarted
-// since before and the pod to be Ready again. A pod that is deleted (or is
-// being deleted, or is already gone when the wait starts) ends the wait at
-// once with gone: settle is not spent on it.
+// since before and the pod to be Ready again, poking the pod again every
+// repokeEvery until its app goes down. A pod that is deleted (or is being
+// deleted, or is already gone when the wait starts) ends the wait at once
+// with gone: settle is not spent on it.
 func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (restarted, gone bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, settle)
 	defer cancel()
+	// Poked again only while the app is seen up: not before the wait has
+	// seen the pod, nor once the app went down (it is restarting).
+	var seen, down atomic.Bool
+	see := func(cur *corev1.Pod) {
+		seen.Store(true)
+		if restartCount(cur) > before || !rollout.PodReady(cur) {
+			down.Store(true)
+		}
+	}
+	repoked := make(chan struct{})
+	go func() {
+		defer close(repoked)
+		t := time.NewTicker(repokeEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if seen.Load() && !down.Load() {
+					_, _ = poke(ctx, client, p) // a failure ends nothing: the wait decides
+				}
+			}
+		}
+	}()
+	defer func() { cancel(); <-repoked }()
 	sel := fields.OneTermEqualSelector("metadata.name", p.Name).String()
 	pods := client.CoreV1().Pods(p.Namespace)
 	lw := &cache.ListWatch{
@@ -263,6 +299,7 @@ func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.P
 			return true, nil
 		}
 		cur := obj.(*corev1.Pod)
+		see(cur)
 		restarted = restartCount(cur) > before && rollout.PodReady(cur)
 		return restarted, nil
 	}, func(ev watch.Event) (bool, error) {
@@ -274,6 +311,7 @@ func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.P
 			gone = true
 			return true, nil
 		}
+		see(cur)
 		restarted = restartCount(cur) > before && rollout.PodReady(cur)
 		return restarted, nil
 	})

@@ -217,3 +217,44 @@ func TestPodsPokesConcurrently(t *testing.T) {
 		t.Errorf("Pods with web-07's patch failing = %v; want an error naming shop/web-07 and the cause", err)
 	}
 }
+
+// A restart-mode pod whose app has not gone down is poked again every
+// repokeEvery while the refresh waits (its first poke may have reached the
+// kubelet before the new Secret did); once the app is down, it is not.
+func TestPodsRepokesUntilTheAppGoesDown(t *testing.T) {
+	defer func(d time.Duration) { repokeEvery = d }(repokeEvery)
+	repokeEvery = 20 * time.Millisecond
+	for _, c := range []struct {
+		name  string
+		ready corev1.ConditionStatus
+		most  bool // more than one poke
+	}{
+		{"running", corev1.ConditionTrue, true},
+		{"down", corev1.ConditionFalse, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := mountingPod("web-0", "restart")
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: c.ready}}
+			client := fake.NewClientset(p)
+			var patches atomic.Int32
+			client.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+				patches.Add(1)
+				return false, nil, nil
+			})
+			res, err := Pods(context.Background(), client, opts(300*time.Millisecond), quiet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res) != 1 || res[0].Restarted {
+				t.Fatalf("Pods = %+v; want web-0 not restarted", res)
+			}
+			n := patches.Load()
+			if c.most && n < 3 {
+				t.Errorf("%d pokes in 300ms; want one every 20ms while the app runs", n)
+			}
+			if !c.most && n != 1 {
+				t.Errorf("%d pokes; want 1: the app was down already", n)
+			}
+		})
+	}
+}
