@@ -28,9 +28,9 @@ type RunnerOptions struct {
 	StartGate func() error
 	// Turn, when set, holds each restart (restart and restart-all) until
 	// the pod's turn: see Turn. Other reloads never wait.
-	Turn   *Turn
-	Logger *slog.Logger
-	Metrics   *metrics.Agent
+	Turn    *Turn
+	Logger  *slog.Logger
+	Metrics *metrics.Agent
 
 	// OnSuccess, when set, is called after a reload whose actions all
 	// succeeded (the watcher then publishes what the app has loaded).
