@@ -54,7 +54,7 @@ func exitCode(err error) int {
 		return 8
 	case errors.Is(err, lock.ErrHeld):
 		return 7
-	case errors.Is(err, verify.ErrNotVerified), errors.Is(err, verify.ErrCannotVerify):
+	case errors.Is(err, verify.ErrNotVerified), errors.Is(err, verify.ErrCannotVerify), errors.Is(err, refresh.ErrNotReady):
 		return 9
 	}
 	return 1

@@ -46,6 +46,10 @@ type Options struct {
 	Selector string
 }
 
+// ErrNotReady: a pod restarted by the refresh was not Ready again within
+// Options.Settle, and the pods after it were left alone.
+var ErrNotReady = errors.New("a restarted pod is not Ready again")
+
 // Result says what was poked.
 type Result struct {
 	Pod       string `json:"pod"`
@@ -102,9 +106,14 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 			out = append(out, result(p, false, true, ""))
 			continue
 		}
-		restarted, gone, err := waitRestarted(ctx, client, p, before, o.Settle)
+		restarted, gone, down, err := waitRestarted(ctx, client, p, before, o.Settle)
 		if err != nil {
 			return out, err
+		}
+		if down && !restarted && !gone {
+			// Restarting another pod now could take two down at once.
+			out = append(out, Result{Pod: p.Name, Detail: "not Ready again within " + o.Settle.String()})
+			return out, fmt.Errorf("%w: pod %s/%s went down and was not Ready again within --settle %s (a crash-loop backoff of the kubelet, or an app that fails with the new content); stopped before the next pod, so that two are never down at once; see its Events, then refresh again", ErrNotReady, p.Namespace, p.Name, o.Settle)
 		}
 		r := result(p, restarted, gone, fmt.Sprintf("not restarted within %s: its Secret content had not changed, or the agent is still waiting", o.Settle))
 		log.Info("refreshed", "namespace", p.Namespace, "name", p.Name, "restarted", restarted, "gone", gone)
@@ -246,16 +255,20 @@ var repokeEvery = 2 * time.Second
 // repokeEvery until its app goes down. A pod that is deleted (or is being
 // deleted, or is already gone when the wait starts) ends the wait at once
 // with gone: settle is not spent on it.
-func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (restarted, gone bool, err error) {
+//
+// down reports that the app was seen down (not Ready, or restarted) and,
+// without restarted, is not Ready again.
+func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, before int32, settle time.Duration) (restarted, gone, down bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, settle)
 	defer cancel()
 	// Poked again only while the app is seen up: not before the wait has
 	// seen the pod, nor once the app went down (it is restarting).
-	var seen, down atomic.Bool
+	var seen, wentDown, ready atomic.Bool
 	see := func(cur *corev1.Pod) {
 		seen.Store(true)
+		ready.Store(rollout.PodReady(cur))
 		if restartCount(cur) > before || !rollout.PodReady(cur) {
-			down.Store(true)
+			wentDown.Store(true)
 		}
 	}
 	repoked := make(chan struct{})
@@ -268,7 +281,7 @@ func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.P
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if seen.Load() && !down.Load() {
+				if seen.Load() && !wentDown.Load() {
 					_, _ = poke(ctx, client, p) // a failure ends nothing: the wait decides
 				}
 			}
@@ -317,9 +330,11 @@ func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.P
 	})
 	switch {
 	case err == nil:
-		return restarted, gone, nil
+		return restarted, gone, false, nil
 	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return false, false, nil // settled without a restart
+		// Settled without a restart; down if the app went down and is
+		// not back.
+		return false, false, wentDown.Load() && !ready.Load(), nil
 	}
-	return false, false, fmt.Errorf("wait for pod %s/%s to restart: %w", p.Namespace, p.Name, err)
+	return false, false, false, fmt.Errorf("wait for pod %s/%s to restart: %w", p.Namespace, p.Name, err)
 }

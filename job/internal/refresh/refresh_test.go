@@ -3,6 +3,7 @@ package refresh
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -242,8 +244,13 @@ func TestPodsRepokesUntilTheAppGoesDown(t *testing.T) {
 				return false, nil, nil
 			})
 			res, err := Pods(context.Background(), client, opts(300*time.Millisecond), quiet)
-			if err != nil {
+			if c.most && err != nil {
 				t.Fatal(err)
+			}
+			if !c.most && !errors.Is(err, ErrNotReady) {
+				// Down and not back within settle: the next pod must
+				// not be restarted beside it.
+				t.Fatalf("Pods = %v; want ErrNotReady", err)
 			}
 			if len(res) != 1 || res[0].Restarted {
 				t.Fatalf("Pods = %+v; want web-0 not restarted", res)
@@ -256,5 +263,55 @@ func TestPodsRepokesUntilTheAppGoesDown(t *testing.T) {
 				t.Errorf("%d pokes; want 1: the app was down already", n)
 			}
 		})
+	}
+}
+
+// A restart-mode pod whose app went down and is not Ready again within
+// settle stops the refresh: the next pod is not poked, so that two are
+// never down at once (the kubelet's crash-loop backoff made a restart take
+// 40 s and more on the fourth rotation within 10 minutes).
+func TestPodsStopsWhileARestartedPodIsDown(t *testing.T) {
+	defer func(d time.Duration) { repokeEvery = d }(repokeEvery)
+	repokeEvery = 20 * time.Millisecond
+	a, b := mountingPod("web-0", "restart"), mountingPod("web-1", "restart")
+	for _, p := range []*corev1.Pod{a, b} {
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	}
+	client := fake.NewClientset(a, b)
+	poked := map[string]int{}
+	var mu sync.Mutex
+	client.PrependReactor("patch", "pods", func(act k8stesting.Action) (bool, runtime.Object, error) {
+		name := act.(k8stesting.PatchAction).GetName()
+		mu.Lock()
+		poked[name]++
+		first := poked[name] == 1
+		mu.Unlock()
+		if !first {
+			return false, nil, nil
+		}
+		// The first poke takes the app down (its agent restarts it), and
+		// the kubelet's backoff keeps it down past settle.
+		p, err := client.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), "shop", name)
+		if err != nil {
+			return true, nil, err
+		}
+		pod := p.(*corev1.Pod).DeepCopy()
+		pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
+		if err := client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, "shop"); err != nil {
+			return true, nil, err
+		}
+		return false, nil, nil
+	})
+	res, err := Pods(context.Background(), client, opts(300*time.Millisecond), quiet)
+	if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "web-0") {
+		t.Fatalf("Pods = %v; want ErrNotReady naming web-0", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if poked["web-1"] != 0 {
+		t.Errorf("web-1 poked %d times while web-0 was down; want none", poked["web-1"])
+	}
+	if len(res) != 1 || res[0].Pod != "web-0" || res[0].Restarted {
+		t.Errorf("Pods = %+v; want web-0 only, not restarted", res)
 	}
 }
