@@ -198,7 +198,7 @@ func buildActions(cfg config.Config, exit func(error), changed func() time.Time,
 		case "signal":
 			actions = append(actions, &reload.Signal{Sig: r.Signal, Target: target})
 		case "restart":
-			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter, Gate: gate})
+			actions = append(actions, &reload.Restart{Target: target, Grace: cfg.RestartGrace, Jitter: cfg.RestartJitter, Gate: gate, Up: reload.RestartUp})
 		case "restart-all":
 			actions = append(actions, &reload.RestartAll{StateDir: cfg.StateDir, Content: contentID(cfg.Watch), Exit: exit})
 		case "http":

@@ -74,7 +74,16 @@ type Restart struct {
 	// Gate, when set, is asked again after the jitter: content refused
 	// meanwhile must not be what the restarted app reads.
 	Gate func() error
+	// Up, when positive, makes a restart succeed only once as many target
+	// processes as were ended run again, each started after the end:
+	// what the agent then reports loaded (/status) is an app that runs,
+	// not one the kubelet holds in its crash-loop backoff. At most Up.
+	Up time.Duration
 }
+
+// RestartUp bounds the wait for the restarted app: the kubelet's
+// crash-loop backoff reaches 5 minutes.
+const RestartUp = 6 * time.Minute
 
 // ErrRefused means the content was refused while a reload waited: the
 // reload is dropped, not retried; the change that fixes the content brings
@@ -104,6 +113,7 @@ func (r *Restart) Reload(ctx context.Context) error {
 	}
 	var errs []error
 	var pending []Process
+	ended := time.Now()
 	for _, p := range procs {
 		if err := kill(p, syscall.SIGTERM); err != nil {
 			errs = append(errs, err)
@@ -131,7 +141,42 @@ func (r *Restart) Reload(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 || r.Up <= 0 || len(procs) == 0 {
+		return errors.Join(errs...)
+	}
+	return r.waitUp(ctx, len(procs), ended)
+}
+
+// waitUp waits, at most r.Up, until n target processes started after
+// ended run.
+func (r *Restart) waitUp(ctx context.Context, n int, ended time.Time) error {
+	deadline := time.Now().Add(r.Up)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	up := 0
+	for {
+		procs, err := r.Target.Find()
+		if err != nil && !errors.Is(err, ErrNoProcess) {
+			return fmt.Errorf("restart %s: %w", r.Target, err)
+		}
+		up = 0
+		for _, p := range procs {
+			if p.startedAfter(ended) {
+				up++
+			}
+		}
+		if up >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("restart %s: %d of %d ended processes running again after %s (the kubelet's crash-loop backoff, or an app that fails to start)", r.Target, up, n, r.Up)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // Exec runs a command in the agent's container (no shell: the image has

@@ -254,3 +254,33 @@ func TestSignalSparesYoungProcess(t *testing.T) {
 	}
 	a.waitCount(t, 1)
 }
+
+// With Up, a restart succeeds once the ended process runs again (started
+// after the end), and fails if it does not within Up: what the agent
+// reports loaded is an app that runs, not one in the kubelet's backoff.
+func TestRestartWaitsForTheAppToRunAgain(t *testing.T) {
+	a := startApp(t, "up-app", nil)
+	r := &Restart{Target: Target{Name: "up-app"}, Grace: 300 * time.Millisecond, Up: 5 * time.Second}
+	var starting atomic.Bool // set before the new process exists
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-a.done
+		time.Sleep(300 * time.Millisecond) // the kubelet's backoff
+		starting.Store(true)
+		startApp(t, "up-app", nil)
+	}()
+	start := time.Now()
+	if err := r.Reload(context.Background()); err != nil {
+		t.Fatalf("Reload() = %v; want success once the app runs again", err)
+	}
+	if !starting.Load() {
+		t.Fatalf("Reload() returned after %v, before the app ran again", time.Since(start))
+	}
+	<-done
+
+	r.Up = 300 * time.Millisecond
+	if err := r.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "0 of 1 ended processes running again") {
+		t.Fatalf("Reload() = %v; want an error: the app did not run again within Up", err)
+	}
+}
