@@ -33,7 +33,11 @@ func watchFlags(fs *pflag.FlagSet) {
 	fs.Duration("min-interval", 10*time.Second, "at most one rotation per workload this often; changes in between are folded into the next (the last content wins)")
 	fs.Int("breaker-changes", 10, "circuit breaker: more than this many changes of one Secret's data within --breaker-window suspend its rotations")
 	fs.Duration("breaker-window", 5*time.Minute, "circuit breaker window; a suspended Secret resumes after being quiet this long, or when its k8secrets.io/resume annotation changes")
-	fs.Duration("settle", 30*time.Second, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next")
+	// Longer than refresh's 30 s: an app restarted again within 10 minutes
+	// comes back only after the kubelet's crash-loop backoff (10 s, 20 s,
+	// 40 s... up to 5 minutes; measured 23-29 s on the third rotation),
+	// and a rotation that gives up on a pod stops there (refresh.ErrNotReady).
+	fs.Duration("settle", 6*time.Minute, "how long to wait for each pod whose agent restarts the app to restart and be Ready before the next; a pod still down then stops the rotation, which is retried")
 	fs.Duration("verify-timeout", 2*time.Minute, "how long a rotation waits for its pods to be verified before it reports the stale ones")
 	fs.String("listen", ":9534", "address of /healthz, /readyz and /metrics (empty: none)")
 	fs.String("lease-namespace", "", "namespace of the leader-election Lease (default: the pod's or the context's)")

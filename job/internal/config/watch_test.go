@@ -35,7 +35,7 @@ func TestParseWatch(t *testing.T) {
 					ns = nil
 				}
 				got = fmt.Sprintf("%v %s %d %s", ns, w.MinInterval, w.BreakerChanges, w.BreakerWindow)
-				if cfg.Command != WatchCommand || cfg.Namespace != "" || cfg.Settle != 30*time.Second || w.Listen != ":9534" || w.LeaseName != "k8secrets-watch" {
+				if cfg.Command != WatchCommand || cfg.Namespace != "" || cfg.Settle != 6*time.Minute || w.Listen != ":9534" || w.LeaseName != "k8secrets-watch" {
 					t.Errorf("Parse(%q) = %+v", tc.args, cfg)
 				}
 			} else if !errors.Is(err, ErrInvalid) {
