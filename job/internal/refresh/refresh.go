@@ -94,8 +94,9 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 	if err != nil {
 		return out, err
 	}
-	for _, p := range oneByOne {
+	for i, p := range oneByOne {
 		before := restartCount(p)
+		wasReady := rollout.PodReady(p)
 		gone, err := poke(ctx, client, p)
 		if err != nil {
 			return out, err
@@ -111,9 +112,17 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 			return out, err
 		}
 		if down && !restarted && !gone {
-			// Restarting another pod now could take two down at once.
-			out = append(out, Result{Pod: p.Name, Detail: "not Ready again within " + o.Settle.String()})
-			return out, fmt.Errorf("%w: pod %s/%s went down and was not Ready again within --settle %s (a crash-loop backoff of the kubelet, or an app that fails with the new content); stopped before the next pod, so that two are never down at once; see its Events, then refresh again", ErrNotReady, p.Namespace, p.Name, o.Settle)
+			why := "went down and was not Ready again"
+			if !wasReady {
+				why = "was not Ready before its refresh, and is not Ready"
+			}
+			out = append(out, Result{Pod: p.Name, Detail: fmt.Sprintf("%s within %s", why, o.Settle)})
+			if i < len(oneByOne)-1 {
+				// Restarting another pod now could take two down at once.
+				return out, fmt.Errorf("%w: pod %s/%s %s within --settle %s (a crash-loop backoff of the kubelet, an app that fails with the new content, or a pod unhealthy already); stopped before the next of %d pods, so that two are never down at once; see its Events, then refresh again", ErrNotReady, p.Namespace, p.Name, why, o.Settle, len(oneByOne))
+			}
+			log.Warn("refreshed pod not Ready", "namespace", p.Namespace, "name", p.Name, "detail", why)
+			continue
 		}
 		r := result(p, restarted, gone, fmt.Sprintf("not restarted within %s: its Secret content had not changed, or the agent is still waiting", o.Settle))
 		log.Info("refreshed", "namespace", p.Namespace, "name", p.Name, "restarted", restarted, "gone", gone)
