@@ -3,7 +3,6 @@
 package reload
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -64,24 +63,5 @@ func TestRestartWaitsForItsTurn(t *testing.T) {
 	}
 	time.Sleep(3 * time.Second) // the last status update reaches the pod watch
 	follow.end()
-	follow.mu.Lock()
-	defer follow.mu.Unlock()
-	for _, b := range before {
-		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, b.pod.Name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p.UID != b.pod.UID {
-			t.Errorf("pod %s was replaced; want the same pod", p.Name)
-		}
-		if r := restarts(p, appContainer); r != b.restarts+1 {
-			t.Errorf("pod %s: app restartCount %d, was %d; want +1", p.Name, r, b.restarts)
-		}
-		if follow.wentDown[b.pod.Name] != 1 {
-			t.Errorf("pod %s: its app went not-Ready %d times; want once", b.pod.Name, follow.wentDown[b.pod.Name])
-		}
-	}
-	if len(follow.together) > 0 {
-		t.Errorf("restart-mode apps not Ready at the same time: %s", strings.Join(follow.together, "; "))
-	}
+	checkRestartedOneAtATime(ctx, t, c, ns, before, follow)
 }

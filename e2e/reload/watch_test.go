@@ -290,12 +290,23 @@ func TestWatchRotatesSignalAndRestart(t *testing.T) {
 			t.Errorf("%s Event on %s/%s from %s; want every one from the leader %s", e.Reason, e.Regarding.Kind, e.Regarding.Name, e.ReportingInstance, lead)
 		}
 	}
+	checkRestartedOneAtATime(ctx, t, c, ns, rstPods, follow)
+}
+
+// checkRestartedOneAtATime checks, after follow has ended, that each pod is
+// the same pod, its app restarted once (restartCount +1) and went not
+// Ready once, and that no two apps were not Ready at the same time.
+func checkRestartedOneAtATime(ctx context.Context, t *testing.T, c *framework.Cluster, ns string, pods []seen, follow *podLog) {
+	t.Helper()
 	follow.mu.Lock()
 	defer follow.mu.Unlock()
-	for _, b := range rstPods {
+	for _, b := range pods {
 		p, err := c.Client.CoreV1().Pods(ns).Get(ctx, b.pod.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if p.UID != b.pod.UID {
+			t.Errorf("pod %s was replaced; want the same pod", p.Name)
 		}
 		if r := restarts(p, appContainer); r != b.restarts+1 {
 			t.Errorf("pod %s: app restartCount %d, was %d; want +1", p.Name, r, b.restarts)
