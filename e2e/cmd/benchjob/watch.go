@@ -142,7 +142,7 @@ func (b *bench) watchPhase(ctx context.Context) error {
 				if _, seen := refreshed[ev.Regarding.Name]; !seen {
 					refreshed[ev.Regarding.Name] = time.Since(updated)
 				}
-			case "Verified", "ReloadFailed":
+			case "Verified", "Unverified", "ReloadFailed":
 				verdicts[ev.Reason]++
 			}
 		}

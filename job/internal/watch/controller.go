@@ -73,19 +73,42 @@ const (
 
 // Event reasons.
 const (
-	ReasonRefreshed         = "Refreshed"
-	ReasonVerified          = "Verified"
+	ReasonRefreshed = "Refreshed"
+	ReasonVerified  = "Verified"
+	// ReasonUnverified: the refresh went through and no pod is known to
+	// be stale, but some pods could not say what they loaded (an agent
+	// older than /status, no content key, no agent, an agent that did not
+	// answer): the rotation is not proven for them. A Warning, not Normal:
+	// the watch's promise is that every pod is shown to run the current
+	// content, it does not hold for these pods, and someone has to act
+	// (rerun inject with this release's agent, let the watch reach the
+	// agents); calling such a rotation Verified hid that ("0 of 10 pods
+	// verified" on kwok, README).
+	ReasonUnverified        = "Unverified"
 	ReasonReloadFailed      = "ReloadFailed"
 	ReasonRotationSuspended = "RotationSuspended"
 	ReasonRotationResumed   = "RotationResumed"
 	ReasonRotationPostponed = "RotationPostponed"
 )
 
-// VerifyFunc tells how many of the pods in ns that mount secret and match
-// selector (the rotated workload's) have loaded its current data (verified
-// of total) and names the others. It returns when all have, or when ctx
-// ends (then with the stale ones).
-type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
+// Verdict is what the verification of one rotation found.
+type Verdict struct {
+	// Verified of Total pods have loaded the Secret's current data.
+	Verified, Total int
+	// Stale names the pods known not to have loaded it (older content, a
+	// failed or refused reload), each with why.
+	Stale []string
+	// Unknown names the pods that could not say what they loaded (an
+	// agent without /status, no content key, no agent, an agent that did
+	// not answer), each with why: neither verified nor known stale.
+	Unknown []string
+}
+
+// VerifyFunc tells which of the pods in ns that mount secret and match
+// selector (the rotated workload's) have loaded its current data. It
+// returns when all have (or cannot say), or when ctx ends (then with the
+// pods not verified by then as stale or unknown).
+type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (Verdict, error)
 
 // Options of the controller.
 type Options struct {
@@ -180,8 +203,8 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		c.verify = standIn(c)
 	}
 	if c.verify == nil {
-		c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
-			return 0, 0, nil, errors.New("no verification configured (Options.Verify)")
+		c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+			return Verdict{}, errors.New("no verification configured (Options.Verify)")
 		}
 	}
 	return c
@@ -864,36 +887,47 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	}
 	<-c.slots // see maxParallel
 	c.poke()
-	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name, sel.String(), read)
+	v, err := c.verify(vctx, s.Namespace, s.Name, sel.String(), read)
 	vcancel()
 	c.slots <- struct{}{}
 	if ctx.Err() != nil {
 		log.Warn("verification interrupted; the next leader rotates again", "error", context.Cause(ctx))
 		return
 	}
-	c.m.pods(s.Namespace, s.Name, verified, len(stale))
+	c.m.pods(s.Namespace, s.Name, v.Verified, len(v.Stale), len(v.Unknown))
+	unknown := ""
+	if len(v.Unknown) > 0 {
+		unknown = fmt.Sprintf("; %d could not say what they loaded: %s", len(v.Unknown), list(v.Unknown))
+	}
+	// Verified only when every pod still there is: a pod that cannot say
+	// is not counted as one that loaded the content.
 	switch {
 	case err != nil:
 		c.m.rotation("unverified")
 		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
 			fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err))
-	case len(stale) > 0:
+	case len(v.Stale) > 0:
 		c.m.rotation("stale")
 		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
-			fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s", s.Name, len(stale), total, c.o.VerifyTimeout, list(stale)))
+			fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown))
+	case len(v.Unknown) > 0:
+		c.m.rotation("unknown")
+		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonUnverified,
+			fmt.Sprintf("secret %s: refreshed, but %d of %d pods of %s could not say what they loaded, so the rotation is not verified for them (%d verified): %s", s.Name, len(v.Unknown), v.Total, w, v.Verified, list(v.Unknown)))
 	default:
 		c.m.rotation("verified")
 		c.m.latency(c.clock.Since(d.seen))
 		c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonVerified,
-			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, verified, total, "each pod's agent reports the Secret's current content"))
+			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, v.Verified, v.Total, "each pod's agent reports the Secret's current content"))
 	}
-	// Recorded also when pods are stale: poking them again would not make a
-	// failing reload succeed; the Events and metrics name them.
+	// Recorded also when pods are stale or unknown: poking them again would
+	// not make a failing reload succeed, nor an agent answer; the Events and
+	// metrics name them.
 	if err := c.record(ectx, w, map[string]*string{RotatedPrefix + d.id: &d.state}); err != nil {
 		log.Error("record the rotation; it will be repeated (pods reload only content that changed)", "error", err)
 		return
 	}
-	log.Info("rotated", "pods", len(pods), "verified", verified, "total", total, "stale", len(stale))
+	log.Info("rotated", "pods", len(pods), "verified", v.Verified, "total", v.Total, "stale", len(v.Stale), "unknown", len(v.Unknown))
 }
 
 // standIn gives the VerifyFunc of a controller given none; this package's
