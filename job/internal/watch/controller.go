@@ -157,8 +157,9 @@ type Controller struct {
 	poked    map[string]time.Time       // secret key -> when its last refresh started (wall clock)
 	due      map[string]time.Time       // workload key -> when to look at it
 	running  map[string]bool
-	looked   map[string]bool // secret key -> a sync has looked at its suspension mark since the start
-	slots    chan struct{}   // maxParallel: a sync holds one, except while it verifies
+	looked   map[string]bool   // secret key -> a sync has looked at its suspension mark since the start
+	rounds   map[string]*round // secret key -> its last data change, as it is rotated (round.go)
+	slots    chan struct{}     // maxParallel: a sync holds one, except while it verifies
 	wake     chan struct{}
 	stopping bool
 	wg       sync.WaitGroup
@@ -193,6 +194,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		due:     map[string]time.Time{},
 		running: map[string]bool{},
 		looked:  map[string]bool{},
+		rounds:  map[string]*round{},
 		slots:   make(chan struct{}, maxParallel),
 		wake:    make(chan struct{}, 1),
 		listers: map[workload.Kind]func(ns, name string) (runtime.Object, error){},
@@ -429,12 +431,27 @@ func (c *Controller) workloadDeleted(obj any) {
 // setMounts records which Secrets a workload mounts, and starts or stops
 // the per-Secret informers: one per Secret some workload mounts, no more.
 func (c *Controller) setMounts(key, ns string, want []string) {
+	var summaries []func(context.Context)
+	defer func() {
+		if len(summaries) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, emit := range summaries {
+			emit(ctx)
+		}
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.mounts[key] {
 		if !slices.Contains(want, s) {
 			delete(c.refs[s], key)
+			if emit := c.leaveRound(s, "", key); emit != nil {
+				summaries = append(summaries, emit)
+			}
 			if len(c.refs[s]) == 0 {
+				delete(c.rounds, s)
 				delete(c.refs, s)
 				if sw := c.secrets[s]; sw != nil {
 					sw.stop()
@@ -456,6 +473,9 @@ func (c *Controller) setMounts(key, ns string, want []string) {
 			c.refs[s] = map[string]bool{}
 		}
 		c.refs[s][key] = true
+		if r := c.rounds[s]; r != nil && !r.done {
+			r.want[key] = true // it has the change to rotate to as well
+		}
 		if c.secrets[s] == nil && !c.stopping {
 			c.secrets[s] = c.watchSecret(ns, strings.TrimPrefix(s, ns+"/"))
 		}
@@ -507,7 +527,8 @@ func (c *Controller) watchSecret(ns, name string) *secretWatch {
 func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	now := c.clock.Now()
 	c.mu.Lock()
-	if _, known := c.dataRV[key]; !known || old == nil {
+	before, known := c.dataRV[key]
+	if !known || old == nil {
 		// First sight (a start or a restart): its current data is what
 		// the recorded state is compared with.
 		c.dataRV[key] = s.ResourceVersion
@@ -519,6 +540,9 @@ func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	if dataChanged {
 		c.dataRV[key] = s.ResourceVersion
 		c.seen[key] = now
+	}
+	if !known || c.dataRV[key] != before {
+		c.beginRound(key, c.dataRV[key], c.seen[key])
 	}
 	ws := slices.Sorted(maps.Keys(c.refs[key]))
 	c.mu.Unlock()
@@ -642,6 +666,7 @@ type target struct {
 	secret *corev1.Secret
 	state  string // what to record once rotated
 	seen   time.Time
+	rv     string // the data change it rotates to: its round's
 }
 
 // sync looks at one workload: it records a first baseline, or rotates the
@@ -668,6 +693,9 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		suspended, resumed, until := c.pace.Suspended(skey, now, s.Annotations[ResumeAnnotation])
 		if resumed {
 			c.m.breaker(s.Namespace, s.Name, false)
+			c.mu.Lock()
+			c.beginRound(skey, c.dataRV[skey], now) // the rotations it held back
+			c.mu.Unlock()
 			c.log.Info("rotation resumed", "namespace", s.Namespace, "secret", s.Name)
 			c.emit(ctx, secretRef(s), corev1.EventTypeNormal, ReasonRotationResumed, "Resume", fmt.Sprintf("rotations of secret %s resumed", s.Name))
 		}
@@ -676,23 +704,26 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		}
 		cur := c.stateOf(t, id, skey, s)
 		rec := recorded[RotatedPrefix+id]
+		c.mu.Lock()
+		seen, rv := c.seen[skey], c.dataRV[skey]
+		c.mu.Unlock()
 		switch {
 		case rec == "":
 			// First sight of this injection: the Job mounted the
 			// current content, there is nothing to rotate.
 			changes[RotatedPrefix+id] = &cur
+			c.leave(ctx, skey, rv, key)
 			continue
 		case rec == cur:
+			c.leave(ctx, skey, rv, key)
 			continue
 		}
 		if suspended {
+			c.leave(ctx, skey, rv, key) // a round of its own when it resumes
 			c.enqueue(key, until)
 			continue
 		}
-		c.mu.Lock()
-		seen := c.seen[skey]
-		c.mu.Unlock()
-		due = append(due, target{id: id, secret: s, state: cur, seen: seen})
+		due = append(due, target{id: id, secret: s, state: cur, seen: seen, rv: rv})
 	}
 	// Marks of injections that were removed.
 	for k := range recorded {
@@ -843,6 +874,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		return
 	}
 	skey := secretKey(s.Namespace, s.Name)
+	wkey := workloadKey(w)
 	c.mu.Lock()
 	c.poked[skey] = time.Now()
 	c.mu.Unlock()
@@ -867,16 +899,18 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		c.m.rotation("failed")
 		note := fmt.Sprintf("refresh of %s for secret %s failed after %d pods: %v", w, s.Name, len(pods), err)
 		log.Error("rotation failed; retrying after the minimum interval", "error", err)
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed, note)
-		c.enqueue(workloadKey(w), c.clock.Now().Add(c.o.MinInterval))
+		c.emit(ectx, workloadRef(w), corev1.EventTypeWarning, ReasonReloadFailed, "Rotate", note)
+		c.endRound(ectx, s, d.rv, wkey, outcome{result: "failed", total: len(pods)})
+		c.enqueue(wkey, c.clock.Now().Add(c.o.MinInterval))
 		return
 	}
 	mode := "all pods at once"
 	if restarts(w.Template(), d.id) {
 		mode = "one pod at a time, each Ready before the next"
 	}
-	c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonRefreshed,
+	c.emit(ectx, workloadRef(w), corev1.EventTypeNormal, ReasonRefreshed, "Rotate",
 		fmt.Sprintf("secret %s changed: refreshed %d pods of %s (%s): %s", s.Name, len(pods), w, mode, list(pods)))
+	c.roundRefreshed(ectx, s, d.rv, w, len(pods))
 
 	vctx, vcancel := context.WithTimeout(ctx, c.o.VerifyTimeout)
 	read := func(context.Context) (*corev1.Secret, error) {
@@ -901,25 +935,26 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	}
 	// Verified only when every pod still there is: a pod that cannot say
 	// is not counted as one that loaded the content.
+	var typ, reason, note string
+	result := "verified"
 	switch {
 	case err != nil:
-		c.m.rotation("unverified")
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
-			fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err))
+		result, typ, reason = "unverified", corev1.EventTypeWarning, ReasonReloadFailed
+		note = fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err)
 	case len(v.Stale) > 0:
-		c.m.rotation("stale")
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
-			fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown))
+		result, typ, reason = "stale", corev1.EventTypeWarning, ReasonReloadFailed
+		note = fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown)
 	case len(v.Unknown) > 0:
-		c.m.rotation("unknown")
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonUnverified,
-			fmt.Sprintf("secret %s: refreshed, but %d of %d pods of %s could not say what they loaded, so the rotation is not verified for them (%d verified): %s", s.Name, len(v.Unknown), v.Total, w, v.Verified, list(v.Unknown)))
+		result, typ, reason = "unknown", corev1.EventTypeWarning, ReasonUnverified
+		note = fmt.Sprintf("secret %s: refreshed, but %d of %d pods of %s could not say what they loaded, so the rotation is not verified for them (%d verified): %s", s.Name, len(v.Unknown), v.Total, w, v.Verified, list(v.Unknown))
 	default:
-		c.m.rotation("verified")
+		typ, reason = corev1.EventTypeNormal, ReasonVerified
+		note = fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, v.Verified, v.Total, "each pod's agent reports the Secret's current content")
 		c.m.latency(c.clock.Since(d.seen))
-		c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonVerified,
-			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, v.Verified, v.Total, "each pod's agent reports the Secret's current content"))
 	}
+	c.m.rotation(result)
+	c.emit(ectx, workloadRef(w), typ, reason, "Rotate", note)
+	c.endRound(ectx, s, d.rv, wkey, outcome{result: result, verified: v.Verified, total: v.Total})
 	// Recorded also when pods are stale or unknown: poking them again would
 	// not make a failing reload succeed, nor an agent answer; the Events and
 	// metrics name them.

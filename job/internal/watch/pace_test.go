@@ -562,3 +562,91 @@ func TestWatchRotationOutcome(t *testing.T) {
 		})
 	}
 }
+
+// A change of a Secret that several workloads mount: each workload gets its
+// own Refreshed and outcome Events, the Secret two in all (Refreshed once,
+// and one outcome summing up the workloads'), not two per workload.
+func TestWatchSecretEventsPerChange(t *testing.T) {
+	r := newRig(t)
+	for _, name := range []string{"api", "jobs"} {
+		d, err := r.client.AppsV1().Deployments("ns").Get(context.Background(), "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = d.DeepCopy()
+		d.ObjectMeta = metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: d.Labels,
+			Annotations: map[string]string{RotatedPrefix + "db": d.Annotations[RotatedPrefix+"db"]}}
+		d.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}
+		d.Spec.Template.Labels = map[string]string{"app": name}
+		if d, err = r.client.AppsV1().Deployments("ns").Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r.c.workloadChanged(d)
+	}
+	r.runDue()
+	unknown := "app=api"
+	r.c.verify = func(_ context.Context, _, _, selector string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+		if selector == unknown {
+			return Verdict{Verified: 1, Total: 2, Unknown: []string{"api-1 (unknown: its agent has no /status (404))"}}, nil
+		}
+		return Verdict{Verified: 2, Total: 2}, nil
+	}
+	on := func(kind string) []string {
+		t.Helper()
+		l, err := r.client.EventsV1().Events("ns").List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range l.Items {
+			if e.Regarding.Kind == kind {
+				out = append(out, e.Regarding.Name+" "+e.Type+" "+e.Reason+": "+e.Note)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	reasons := func(evs []string) []string {
+		var out []string
+		for _, e := range evs {
+			head, _, _ := strings.Cut(e, ":")
+			out = append(out, head)
+		}
+		return out
+	}
+
+	r.update("v1", nil)
+	got := on("Secret")
+	want := []string{"db Normal Refreshed", "db Warning Unverified"}
+	if !slices.Equal(reasons(got), want) {
+		t.Fatalf("Events on the Secret after one change = %q; want %v", got, want)
+	}
+	for _, s := range []string{"3 workloads rotated", "2 verified", "1 with pods that could not say what they loaded (Deployment/api)", "5 of 6 pods verified"} {
+		if !strings.Contains(got[1], s) {
+			t.Errorf("the Secret's summary %q does not say %q", got[1], s)
+		}
+	}
+	if !strings.Contains(got[0], "the 3 workloads that mount it") {
+		t.Errorf("the Secret's Refreshed Event %q does not say how many workloads mount it", got[0])
+	}
+	want = []string{
+		"api Normal Refreshed", "api Warning Unverified", "jobs Normal Refreshed", "jobs Normal Verified",
+		"web Normal Refreshed", "web Normal Verified",
+	}
+	if got := reasons(on("Deployment")); !slices.Equal(got, want) {
+		t.Errorf("Events on the Deployments = %v; want %v", got, want)
+	}
+
+	// The next change, every pod verified: two more on the Secret.
+	unknown = ""
+	r.step(DefaultMinInterval)
+	r.update("v2", nil)
+	got = on("Secret")
+	want = []string{"db Normal Refreshed", "db Normal Refreshed", "db Normal Verified", "db Warning Unverified"}
+	if !slices.Equal(reasons(got), want) {
+		t.Fatalf("Events on the Secret after two changes = %q; want %v", got, want)
+	}
+	if n := len(on("Deployment")); n != 12 {
+		t.Errorf("%d Events on the Deployments after two changes; want 12 (Refreshed and an outcome each time)", n)
+	}
+}
