@@ -52,10 +52,11 @@ func mainE() int {
 	kube.RouteKlog(log)
 	go onSignals(sigs, cancel, log)
 
-	// client-go's default 5 QPS would make the dry-run of a thousand
-	// workloads take 200 s; the API server's priority and fairness is what
-	// should bound a well-behaved client, not a client-side throttle.
-	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, Cluster: cfg.Cluster, User: cfg.User, UserAgent: "k8secrets-job", QPS: 100, Burst: 200})
+	// The client-side rate limit is the command's (config.DefaultQPS,
+	// config.WatchQPS: why those) unless --kube-api-qps and
+	// --kube-api-burst say otherwise.
+	rc, ns, err := kube.Config(kube.Options{Kubeconfig: cfg.Kubeconfig, Context: cfg.Context, Cluster: cfg.Cluster, User: cfg.User, UserAgent: "k8secrets-job",
+		QPS: cfg.KubeAPIQPS, Burst: cfg.KubeAPIBurst})
 	if err != nil {
 		log.Error(err.Error())
 		return 1

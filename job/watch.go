@@ -37,21 +37,35 @@ func (j *job) watch(ctx context.Context) error {
 		VerifyTimeout:  w.VerifyTimeout,
 		// Each pod's agent /status against the Secret's data; the
 		// --verify-timeout deadline leaves the pods not yet current as
-		// stale, named in the Events, rather than an error.
-		Verify: func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		// stale or unknown, named in the Events, rather than an error.
+		Verify: func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (watch.Verdict, error) {
 			r, err := verify.Wait(ctx, j.client, verify.Options{Namespace: ns, Secret: secret, Via: j.cfg.Via, Log: j.log, Read: read, Selector: selector})
 			if errors.Is(err, verify.ErrNotVerified) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				err = nil
 			}
-			var stale []string
-			for _, p := range r.Pods {
-				if p.State != verify.Current && p.State != verify.Unknown {
-					stale = append(stale, p.Name+" ("+p.State+": "+p.Reason+")")
-				}
-			}
-			return r.Current, r.Total, stale, err
+			return verdict(r), err
 		},
 		Instance: identity,
 		Log:      j.log,
 	})
+}
+
+// verdict sorts the pods of a verification: current ones are verified;
+// those that cannot say what they loaded (unknown: no /status, no content
+// key, no agent; unreachable: the agent did not answer) are neither
+// verified nor stale; the rest (stale, failed, refused) are known not to
+// run the current content.
+func verdict(r verify.Report) watch.Verdict {
+	v := watch.Verdict{Verified: r.Current, Total: r.Total}
+	for _, p := range r.Pods {
+		named := p.Name + " (" + p.State + ": " + p.Reason + ")"
+		switch p.State {
+		case verify.Current:
+		case verify.Unknown, verify.Unreachable:
+			v.Unknown = append(v.Unknown, named)
+		default:
+			v.Stale = append(v.Stale, named)
+		}
+	}
+	return v
 }

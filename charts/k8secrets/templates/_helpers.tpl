@@ -161,7 +161,7 @@ with those files.
   resources: [leases]
   verbs: [get, create, update]
 {{- end }}
-# Refreshed, Verified, ReloadFailed and RotationSuspended Events.
+# Refreshed, Verified, Unverified, ReloadFailed and RotationSuspended Events.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create]

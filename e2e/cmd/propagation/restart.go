@@ -122,7 +122,7 @@ func (b *bench) restartSample(ctx context.Context, ns, name, secret string, i in
 			switch ev.Reason {
 			case "Verified":
 				verified = time.Since(start)
-			case "ReloadFailed", "RotationSuspended", "RotationPostponed":
+			case "ReloadFailed", "Unverified", "RotationSuspended", "RotationPostponed":
 				return sample{}, fmt.Errorf("deployment %s/%s: %s Event: %s", ns, name, ev.Reason, ev.Note)
 			}
 		}

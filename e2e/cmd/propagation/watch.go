@@ -283,7 +283,7 @@ func (b *bench) watchSample(ctx context.Context, t *target, i int) (sample, erro
 				refreshed = time.Since(start)
 			case "Verified":
 				verified = time.Since(start)
-			case "ReloadFailed", "RotationSuspended", "RotationPostponed":
+			case "ReloadFailed", "Unverified", "RotationSuspended", "RotationPostponed":
 				return sample{}, fmt.Errorf("deployment %s/%s: %s Event: %s", t.ns, t.name, ev.Reason, ev.Note)
 			}
 		}

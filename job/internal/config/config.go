@@ -79,6 +79,11 @@ type Config struct {
 	Via string
 	// Watch configures the watch command.
 	Watch Watch
+	// KubeAPIQPS and KubeAPIBurst bound the client's own request rate
+	// (client-go's token bucket): the command's defaults unless
+	// --kube-api-qps and --kube-api-burst say otherwise.
+	KubeAPIQPS   float32
+	KubeAPIBurst int
 }
 
 // DefaultAgentImage is the agent image of the same release as this Job.
@@ -195,6 +200,7 @@ value that does not parse is exit 2, naming the variable or key.
 		}
 		if flags != nil {
 			flags(c.Flags())
+			apiFlags(c.Flags(), name)
 		}
 		root.AddCommand(c)
 		return c
@@ -299,6 +305,10 @@ func load(command string, c *cobra.Command, env func(string) (string, bool)) (Co
 		Via:         v.GetString("verify-via"),
 		Output:      v.GetString("output"),
 		LogFormat:   v.GetString("log-format"),
+		// float32 is the flag's own type: a value that does not
+		// fit was refused by its parser.
+		KubeAPIQPS:   float32(v.GetFloat64("kube-api-qps")),
+		KubeAPIBurst: v.GetInt("kube-api-burst"),
 	}
 	if command == WatchCommand {
 		cfg.Namespace, cfg.Watch = "", loadWatch(v)
@@ -394,5 +404,6 @@ func (c Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("--log-format %q: must be text or json", c.LogFormat)
 	}
+	errs = append(errs, c.validateAPI()...)
 	return errors.Join(errs...)
 }

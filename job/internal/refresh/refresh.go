@@ -11,10 +11,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -138,42 +138,37 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 const parallel = 16
 
 // pokeAll pokes pods at once, parallel at a time, and returns their
-// results in order. The first error stops the pokes not yet sent and is
-// returned with the results of those that succeeded.
+// results in order. The first error cancels the pokes in flight, stops
+// those not yet sent, and is returned with the results of those that
+// succeeded.
 func pokeAll(ctx context.Context, client kubernetes.Interface, pods []*corev1.Pod) ([]Result, error) {
 	res := make([]Result, len(pods))
-	errs := make([]error, len(pods))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	slots := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
+	done := make([]bool, len(pods))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
 	for i, p := range pods {
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
+		if ctx.Err() != nil {
+			break // the first error ends the refresh, as it did one by one
+		}
+		g.Go(func() error {
 			gone, err := poke(ctx, client, p)
 			if err != nil {
-				errs[i] = err
-				cancel() // the first error ends the refresh, as it did one by one
-				return
+				return err
 			}
-			res[i] = result(p, false, gone, "")
-		}()
+			res[i], done[i] = result(p, false, gone, ""), true
+			return nil
+		})
 	}
-	wg.Wait()
+	// Wait's error is the first one returned: the error that cancelled
+	// the others, not their cancellation.
+	err := g.Wait()
 	var out []Result
-	var first error
 	for i := range pods {
-		switch {
-		case errs[i] == nil:
+		if done[i] {
 			out = append(out, res[i])
-		case first == nil || errors.Is(first, context.Canceled):
-			// The error that cancelled the others, not their cancellation.
-			first = errs[i]
 		}
 	}
-	return out, first
+	return out, err
 }
 
 // pageSize is how many pods one list request returns.

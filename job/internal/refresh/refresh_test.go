@@ -172,21 +172,23 @@ func TestPodsPokesConcurrently(t *testing.T) {
 	for i := range n {
 		list.Items = append(list.Items, *mountingPod(fmt.Sprintf("web-%02d", i), "signal:SIGHUP"))
 	}
-	var inFlight, most atomic.Int32
-	failing := ""
+	var inFlight, most, patches atomic.Int32
+	var failing atomic.Value
+	failing.Store("")
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		switch r.Method {
 		case http.MethodGet:
 			_ = json.NewEncoder(w).Encode(list)
 		case http.MethodPatch:
+			patches.Add(1)
 			cur := inFlight.Add(1)
 			defer inFlight.Add(-1)
 			for m := most.Load(); cur > m && !most.CompareAndSwap(m, cur); m = most.Load() {
 			}
 			time.Sleep(20 * time.Millisecond)
 			name := path.Base(r.URL.Path)
-			if name == failing {
+			if name == failing.Load() {
 				w.WriteHeader(http.StatusInternalServerError)
 				_ = json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: metav1.StatusFailure, Code: 500, Message: "etcd is down"})
 				return
@@ -213,10 +215,14 @@ func TestPodsPokesConcurrently(t *testing.T) {
 		t.Errorf("at most %d pokes in flight; want between 2 and %d", m, parallel)
 	}
 
-	failing = "web-07"
+	failing.Store("web-07")
+	patches.Store(0)
 	_, err = Pods(context.Background(), client, opts(time.Minute), quiet)
 	if err == nil || !strings.Contains(err.Error(), "shop/web-07") || !strings.Contains(err.Error(), "etcd is down") {
 		t.Errorf("Pods with web-07's patch failing = %v; want an error naming shop/web-07 and the cause", err)
+	}
+	if p := patches.Load(); p >= n {
+		t.Errorf("%d of %d pods patched after web-07's patch failed; want the pokes not yet sent stopped", p, n)
 	}
 }
 

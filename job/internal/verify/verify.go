@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -310,17 +311,15 @@ func (c *checker) check(ctx context.Context) (Report, error) {
 		return r, err
 	}
 	r.Pods = make([]Pod, len(pods))
-	slots := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
+	var g errgroup.Group // a pod's answer is no error: each is judged
+	g.SetLimit(parallel)
 	for i, p := range pods {
-		slots <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-slots; wg.Done() }()
+		g.Go(func() error {
 			r.Pods[i] = c.pod(ctx, p, s.Data)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	// A pod deleted while we asked: its replacement is checked next time.
 	r.Pods = slices.DeleteFunc(r.Pods, func(p Pod) bool { return p.Name == "" })
 	slices.SortFunc(r.Pods, func(a, b Pod) int { return strings.Compare(a.Workload+"/"+a.Name, b.Workload+"/"+b.Name) })

@@ -61,8 +61,8 @@ func TestAlertRules(t *testing.T) {
 	}
 
 	// A rotation that leaves a pod stale, a flapping Secret, no leader.
-	r.c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
-		return 1, 2, []string{"web-1 (failed: status 500)"}, nil
+	r.c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+		return Verdict{Verified: 1, Total: 2, Stale: []string{"web-1 (failed: status 500)"}}, nil
 	}
 	r.step(10 * time.Second) // past --min-interval
 	r.update("v2", nil)

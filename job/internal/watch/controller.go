@@ -73,19 +73,42 @@ const (
 
 // Event reasons.
 const (
-	ReasonRefreshed         = "Refreshed"
-	ReasonVerified          = "Verified"
+	ReasonRefreshed = "Refreshed"
+	ReasonVerified  = "Verified"
+	// ReasonUnverified: the refresh went through and no pod is known to
+	// be stale, but some pods could not say what they loaded (an agent
+	// older than /status, no content key, no agent, an agent that did not
+	// answer): the rotation is not proven for them. A Warning, not Normal:
+	// the watch's promise is that every pod is shown to run the current
+	// content, it does not hold for these pods, and someone has to act
+	// (rerun inject with this release's agent, let the watch reach the
+	// agents); calling such a rotation Verified hid that ("0 of 10 pods
+	// verified" on kwok, README).
+	ReasonUnverified        = "Unverified"
 	ReasonReloadFailed      = "ReloadFailed"
 	ReasonRotationSuspended = "RotationSuspended"
 	ReasonRotationResumed   = "RotationResumed"
 	ReasonRotationPostponed = "RotationPostponed"
 )
 
-// VerifyFunc tells how many of the pods in ns that mount secret and match
-// selector (the rotated workload's) have loaded its current data (verified
-// of total) and names the others. It returns when all have, or when ctx
-// ends (then with the stale ones).
-type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error)
+// Verdict is what the verification of one rotation found.
+type Verdict struct {
+	// Verified of Total pods have loaded the Secret's current data.
+	Verified, Total int
+	// Stale names the pods known not to have loaded it (older content, a
+	// failed or refused reload), each with why.
+	Stale []string
+	// Unknown names the pods that could not say what they loaded (an
+	// agent without /status, no content key, no agent, an agent that did
+	// not answer), each with why: neither verified nor known stale.
+	Unknown []string
+}
+
+// VerifyFunc tells which of the pods in ns that mount secret and match
+// selector (the rotated workload's) have loaded its current data. It
+// returns when all have (or cannot say), or when ctx ends (then with the
+// pods not verified by then as stale or unknown).
+type VerifyFunc func(ctx context.Context, ns, secret, selector string, read func(context.Context) (*corev1.Secret, error)) (Verdict, error)
 
 // Options of the controller.
 type Options struct {
@@ -134,8 +157,9 @@ type Controller struct {
 	poked    map[string]time.Time       // secret key -> when its last refresh started (wall clock)
 	due      map[string]time.Time       // workload key -> when to look at it
 	running  map[string]bool
-	looked   map[string]bool // secret key -> a sync has looked at its suspension mark since the start
-	slots    chan struct{}   // maxParallel: a sync holds one, except while it verifies
+	looked   map[string]bool   // secret key -> a sync has looked at its suspension mark since the start
+	rounds   map[string]*round // secret key -> its last data change, as it is rotated (round.go)
+	slots    chan struct{}     // maxParallel: a sync holds one, except while it verifies
 	wake     chan struct{}
 	stopping bool
 	wg       sync.WaitGroup
@@ -170,6 +194,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		due:     map[string]time.Time{},
 		running: map[string]bool{},
 		looked:  map[string]bool{},
+		rounds:  map[string]*round{},
 		slots:   make(chan struct{}, maxParallel),
 		wake:    make(chan struct{}, 1),
 		listers: map[workload.Kind]func(ns, name string) (runtime.Object, error){},
@@ -180,8 +205,8 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		c.verify = standIn(c)
 	}
 	if c.verify == nil {
-		c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
-			return 0, 0, nil, errors.New("no verification configured (Options.Verify)")
+		c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+			return Verdict{}, errors.New("no verification configured (Options.Verify)")
 		}
 	}
 	return c
@@ -406,12 +431,27 @@ func (c *Controller) workloadDeleted(obj any) {
 // setMounts records which Secrets a workload mounts, and starts or stops
 // the per-Secret informers: one per Secret some workload mounts, no more.
 func (c *Controller) setMounts(key, ns string, want []string) {
+	var summaries []func(context.Context)
+	defer func() {
+		if len(summaries) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, emit := range summaries {
+			emit(ctx)
+		}
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range c.mounts[key] {
 		if !slices.Contains(want, s) {
 			delete(c.refs[s], key)
+			if emit := c.leaveRound(s, "", key); emit != nil {
+				summaries = append(summaries, emit)
+			}
 			if len(c.refs[s]) == 0 {
+				delete(c.rounds, s)
 				delete(c.refs, s)
 				if sw := c.secrets[s]; sw != nil {
 					sw.stop()
@@ -433,6 +473,9 @@ func (c *Controller) setMounts(key, ns string, want []string) {
 			c.refs[s] = map[string]bool{}
 		}
 		c.refs[s][key] = true
+		if r := c.rounds[s]; r != nil && !r.done {
+			r.want[key] = true // it has the change to rotate to as well
+		}
 		if c.secrets[s] == nil && !c.stopping {
 			c.secrets[s] = c.watchSecret(ns, strings.TrimPrefix(s, ns+"/"))
 		}
@@ -484,7 +527,8 @@ func (c *Controller) watchSecret(ns, name string) *secretWatch {
 func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	now := c.clock.Now()
 	c.mu.Lock()
-	if _, known := c.dataRV[key]; !known || old == nil {
+	before, known := c.dataRV[key]
+	if !known || old == nil {
 		// First sight (a start or a restart): its current data is what
 		// the recorded state is compared with.
 		c.dataRV[key] = s.ResourceVersion
@@ -496,6 +540,9 @@ func (c *Controller) secretChanged(key string, old, s *corev1.Secret) {
 	if dataChanged {
 		c.dataRV[key] = s.ResourceVersion
 		c.seen[key] = now
+	}
+	if !known || c.dataRV[key] != before {
+		c.beginRound(key, c.dataRV[key], c.seen[key])
 	}
 	ws := slices.Sorted(maps.Keys(c.refs[key]))
 	c.mu.Unlock()
@@ -619,6 +666,7 @@ type target struct {
 	secret *corev1.Secret
 	state  string // what to record once rotated
 	seen   time.Time
+	rv     string // the data change it rotates to: its round's
 }
 
 // sync looks at one workload: it records a first baseline, or rotates the
@@ -645,6 +693,9 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		suspended, resumed, until := c.pace.Suspended(skey, now, s.Annotations[ResumeAnnotation])
 		if resumed {
 			c.m.breaker(s.Namespace, s.Name, false)
+			c.mu.Lock()
+			c.beginRound(skey, c.dataRV[skey], now) // the rotations it held back
+			c.mu.Unlock()
 			c.log.Info("rotation resumed", "namespace", s.Namespace, "secret", s.Name)
 			c.emit(ctx, secretRef(s), corev1.EventTypeNormal, ReasonRotationResumed, "Resume", fmt.Sprintf("rotations of secret %s resumed", s.Name))
 		}
@@ -653,23 +704,26 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		}
 		cur := c.stateOf(t, id, skey, s)
 		rec := recorded[RotatedPrefix+id]
+		c.mu.Lock()
+		seen, rv := c.seen[skey], c.dataRV[skey]
+		c.mu.Unlock()
 		switch {
 		case rec == "":
 			// First sight of this injection: the Job mounted the
 			// current content, there is nothing to rotate.
 			changes[RotatedPrefix+id] = &cur
+			c.leave(ctx, skey, rv, key)
 			continue
 		case rec == cur:
+			c.leave(ctx, skey, rv, key)
 			continue
 		}
 		if suspended {
+			c.leave(ctx, skey, rv, key) // a round of its own when it resumes
 			c.enqueue(key, until)
 			continue
 		}
-		c.mu.Lock()
-		seen := c.seen[skey]
-		c.mu.Unlock()
-		due = append(due, target{id: id, secret: s, state: cur, seen: seen})
+		due = append(due, target{id: id, secret: s, state: cur, seen: seen, rv: rv})
 	}
 	// Marks of injections that were removed.
 	for k := range recorded {
@@ -820,6 +874,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		return
 	}
 	skey := secretKey(s.Namespace, s.Name)
+	wkey := workloadKey(w)
 	c.mu.Lock()
 	c.poked[skey] = time.Now()
 	c.mu.Unlock()
@@ -844,16 +899,18 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		c.m.rotation("failed")
 		note := fmt.Sprintf("refresh of %s for secret %s failed after %d pods: %v", w, s.Name, len(pods), err)
 		log.Error("rotation failed; retrying after the minimum interval", "error", err)
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed, note)
-		c.enqueue(workloadKey(w), c.clock.Now().Add(c.o.MinInterval))
+		c.emit(ectx, workloadRef(w), corev1.EventTypeWarning, ReasonReloadFailed, "Rotate", note)
+		c.endRound(ectx, s, d.rv, wkey, outcome{result: "failed", total: len(pods)})
+		c.enqueue(wkey, c.clock.Now().Add(c.o.MinInterval))
 		return
 	}
 	mode := "all pods at once"
 	if restarts(w.Template(), d.id) {
 		mode = "one pod at a time, each Ready before the next"
 	}
-	c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonRefreshed,
+	c.emit(ectx, workloadRef(w), corev1.EventTypeNormal, ReasonRefreshed, "Rotate",
 		fmt.Sprintf("secret %s changed: refreshed %d pods of %s (%s): %s", s.Name, len(pods), w, mode, list(pods)))
+	c.roundRefreshed(ectx, s, d.rv, w, len(pods))
 
 	vctx, vcancel := context.WithTimeout(ctx, c.o.VerifyTimeout)
 	read := func(context.Context) (*corev1.Secret, error) {
@@ -864,36 +921,48 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	}
 	<-c.slots // see maxParallel
 	c.poke()
-	verified, total, stale, err := c.verify(vctx, s.Namespace, s.Name, sel.String(), read)
+	v, err := c.verify(vctx, s.Namespace, s.Name, sel.String(), read)
 	vcancel()
 	c.slots <- struct{}{}
 	if ctx.Err() != nil {
 		log.Warn("verification interrupted; the next leader rotates again", "error", context.Cause(ctx))
 		return
 	}
-	c.m.pods(s.Namespace, s.Name, verified, len(stale))
+	c.m.pods(s.Namespace, s.Name, v.Verified, len(v.Stale), len(v.Unknown))
+	unknown := ""
+	if len(v.Unknown) > 0 {
+		unknown = fmt.Sprintf("; %d could not say what they loaded: %s", len(v.Unknown), list(v.Unknown))
+	}
+	// Verified only when every pod still there is: a pod that cannot say
+	// is not counted as one that loaded the content.
+	var typ, reason, note string
+	result := "verified"
 	switch {
 	case err != nil:
-		c.m.rotation("unverified")
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
-			fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err))
-	case len(stale) > 0:
-		c.m.rotation("stale")
-		c.emitBoth(ectx, w, s, corev1.EventTypeWarning, ReasonReloadFailed,
-			fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s", s.Name, len(stale), total, c.o.VerifyTimeout, list(stale)))
+		result, typ, reason = "unverified", corev1.EventTypeWarning, ReasonReloadFailed
+		note = fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err)
+	case len(v.Stale) > 0:
+		result, typ, reason = "stale", corev1.EventTypeWarning, ReasonReloadFailed
+		note = fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown)
+	case len(v.Unknown) > 0:
+		result, typ, reason = "unknown", corev1.EventTypeWarning, ReasonUnverified
+		note = fmt.Sprintf("secret %s: refreshed, but %d of %d pods of %s could not say what they loaded, so the rotation is not verified for them (%d verified): %s", s.Name, len(v.Unknown), v.Total, w, v.Verified, list(v.Unknown))
 	default:
-		c.m.rotation("verified")
+		typ, reason = corev1.EventTypeNormal, ReasonVerified
+		note = fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, v.Verified, v.Total, "each pod's agent reports the Secret's current content")
 		c.m.latency(c.clock.Since(d.seen))
-		c.emitBoth(ectx, w, s, corev1.EventTypeNormal, ReasonVerified,
-			fmt.Sprintf("secret %s: %d of %d pods verified (%s)", s.Name, verified, total, "each pod's agent reports the Secret's current content"))
 	}
-	// Recorded also when pods are stale: poking them again would not make a
-	// failing reload succeed; the Events and metrics name them.
+	c.m.rotation(result)
+	c.emit(ectx, workloadRef(w), typ, reason, "Rotate", note)
+	c.endRound(ectx, s, d.rv, wkey, outcome{result: result, verified: v.Verified, total: v.Total})
+	// Recorded also when pods are stale or unknown: poking them again would
+	// not make a failing reload succeed, nor an agent answer; the Events and
+	// metrics name them.
 	if err := c.record(ectx, w, map[string]*string{RotatedPrefix + d.id: &d.state}); err != nil {
 		log.Error("record the rotation; it will be repeated (pods reload only content that changed)", "error", err)
 		return
 	}
-	log.Info("rotated", "pods", len(pods), "verified", verified, "total", total, "stale", len(stale))
+	log.Info("rotated", "pods", len(pods), "verified", v.Verified, "total", v.Total, "stale", len(v.Stale), "unknown", len(v.Unknown))
 }
 
 // standIn gives the VerifyFunc of a controller given none; this package's

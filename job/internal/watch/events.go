@@ -44,9 +44,3 @@ func (c *Controller) emit(ctx context.Context, ref corev1.ObjectReference, typ, 
 		c.log.Warn("record event", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "reason", reason, "error", err)
 	}
 }
-
-// emitBoth records the Event on the workload and on the Secret.
-func (c *Controller) emitBoth(ctx context.Context, w workload.Workload, s *corev1.Secret, typ, reason, note string) {
-	c.emit(ctx, workloadRef(w), typ, reason, "Rotate", note)
-	c.emit(ctx, secretRef(s), typ, reason, "Rotate", note)
-}

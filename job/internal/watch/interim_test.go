@@ -28,11 +28,12 @@ func init() {
 	standIn = func(c *Controller) VerifyFunc { return c.interimVerify }
 }
 
-func (c *Controller) interimVerify(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (verified, total int, stale []string, err error) {
+func (c *Controller) interimVerify(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
 	c.mu.Lock()
 	since := c.poked[secretKey(ns, secret)]
 	c.mu.Unlock()
-	return c.waitPods(ctx, ns, selector, secret, since)
+	verified, total, stale, err := c.waitPods(ctx, ns, selector, secret, since)
+	return Verdict{Verified: verified, Total: total, Stale: stale}, err
 }
 
 // waitPods waits, until ctx ends, for every running pod matching sel that

@@ -22,7 +22,12 @@ type Metrics struct{ set *vm.Set }
 // NewMetrics returns the set, with the series alerts use created at 0.
 func NewMetrics() *Metrics {
 	m := &Metrics{set: vm.NewSet()}
-	for _, r := range []string{"verified", "stale", "unverified", "failed"} {
+	// Results of a rotation: verified (every pod loaded the new content),
+	// unknown (none known stale, some could not say what they loaded),
+	// stale (some had not loaded it), unverified (verification impossible:
+	// the Secret or the pods unreadable, the pod proxy forbidden), failed
+	// (the refresh failed).
+	for _, r := range []string{"verified", "unknown", "stale", "unverified", "failed"} {
 		m.set.GetOrCreateCounter(fmt.Sprintf(`%srotations_total{result=%q}`, prefix, r))
 	}
 	m.set.GetOrCreateCounter(prefix + "secret_changes_total")
@@ -61,10 +66,11 @@ func (m *Metrics) breaker(ns, secret string, open bool) {
 	m.set.GetOrCreateGauge(fmt.Sprintf(`%sbreaker_open{namespace=%q,secret=%q}`, prefix, ns, secret), nil).Set(v)
 }
 
-func (m *Metrics) pods(ns, secret string, verified, stale int) {
+func (m *Metrics) pods(ns, secret string, verified, stale, unknown int) {
 	if m == nil {
 		return
 	}
+	m.set.GetOrCreateGauge(fmt.Sprintf(`%spods_unknown{namespace=%q,secret=%q}`, prefix, ns, secret), nil).Set(float64(unknown))
 	m.set.GetOrCreateGauge(fmt.Sprintf(`%spods_verified{namespace=%q,secret=%q}`, prefix, ns, secret), nil).Set(float64(verified))
 	m.set.GetOrCreateGauge(fmt.Sprintf(`%spods_stale{namespace=%q,secret=%q}`, prefix, ns, secret), nil).Set(float64(stale))
 }

@@ -2,9 +2,12 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,9 +153,9 @@ func (r *rig) restart() {
 	r.c = New(r.client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
 		Settle: time.Second, VerifyTimeout: time.Second, Clock: r.clk, Metrics: NewMetrics(),
-		Verify: func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		Verify: func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
 			r.rotations = append(r.rotations, r.secret.ResourceVersion)
-			return 2, 2, nil, nil
+			return Verdict{Verified: 2, Total: 2}, nil
 		},
 	})
 	r.c.listers[workload.Deployment] = func(ns, name string) (runtime.Object, error) {
@@ -414,14 +417,14 @@ func TestWatchVerificationHoldsNoSlot(t *testing.T) {
 	c := New(client, Options{
 		Namespaces: []string{"ns"}, MinInterval: DefaultMinInterval, BreakerChanges: DefaultBreakerChanges, BreakerWindow: DefaultBreakerWindow,
 		Settle: time.Second, VerifyTimeout: time.Hour, Clock: clocktesting.NewFakeClock(t0), Metrics: NewMetrics(),
-		Verify: func(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		Verify: func(ctx context.Context, ns, secret, selector string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
 			if secret == "other" {
 				verified <- selector
-				return 1, 1, nil, nil
+				return Verdict{Verified: 1, Total: 1}, nil
 			}
 			waiting <- struct{}{}
 			<-ctx.Done() // pods that never load the content
-			return 0, 1, []string{"stuck"}, nil
+			return Verdict{Total: 1, Stale: []string{"stuck"}}, nil
 		},
 	})
 	c.listers[workload.Deployment] = func(ns, name string) (runtime.Object, error) {
@@ -489,5 +492,161 @@ func TestWatchVerificationHoldsNoSlot(t *testing.T) {
 	case <-verified:
 	case <-time.After(30 * time.Second):
 		t.Errorf("secret other not rotated while %d workloads wait for their pods", maxParallel)
+	}
+}
+
+// The outcome of a rotation is told by what its verification found:
+// Verified only when every pod has loaded the new content; pods that could
+// not say what they loaded (unknown, unreachable) make it Unverified, a
+// Warning naming them, never Verified ("0 of 10 pods verified" was what a
+// rotation on kwok, where no agent answers, said before).
+func TestWatchRotationOutcome(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		verdict Verdict
+		err     error
+		reason  string
+		typ     string
+		result  string
+		note    []string
+	}{
+		{name: "every pod verified", verdict: Verdict{Verified: 2, Total: 2},
+			reason: ReasonVerified, typ: corev1.EventTypeNormal, result: "verified", note: []string{"2 of 2 pods verified"}},
+		{name: "no pod can say", verdict: Verdict{Total: 2, Unknown: []string{"web-0 (unknown: its agent has no /status (404))", "web-1 (unknown: its agent has no /status (404))"}},
+			reason: ReasonUnverified, typ: corev1.EventTypeWarning, result: "unknown", note: []string{"2 of 2 pods", "could not say what they loaded", "web-0 (unknown", "web-1 (unknown", "0 verified"}},
+		{name: "one verified, one unreachable", verdict: Verdict{Verified: 1, Total: 2, Unknown: []string{"web-1 (unreachable: connection refused)"}},
+			reason: ReasonUnverified, typ: corev1.EventTypeWarning, result: "unknown", note: []string{"1 of 2 pods", "web-1 (unreachable", "1 verified"}},
+		{name: "stale and unknown", verdict: Verdict{Total: 2, Stale: []string{"web-0 (failed: exit 1)"}, Unknown: []string{"web-1 (unknown: no key)"}},
+			reason: ReasonReloadFailed, typ: corev1.EventTypeWarning, result: "stale", note: []string{"1 of 2 pods have not loaded", "web-0 (failed", "1 could not say what they loaded: web-1"}},
+		{name: "verification impossible", err: errors.New("cannot verify the pods: pods/proxy forbidden"),
+			reason: ReasonReloadFailed, typ: corev1.EventTypeWarning, result: "unverified", note: []string{"could not verify the pods of Deployment"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			r.c.verify = func(context.Context, string, string, string, func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+				return tc.verdict, tc.err
+			}
+			r.update("v1", nil)
+			evs, err := r.client.EventsV1().Events("ns").List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range evs.Items {
+				if e.Reason == ReasonRefreshed {
+					continue
+				}
+				got = append(got, e.Regarding.Kind+" "+e.Type+" "+e.Reason)
+				if e.Regarding.Kind != "Deployment" {
+					continue
+				}
+				for _, want := range tc.note {
+					if !strings.Contains(e.Note, want) {
+						t.Errorf("%s Event's note %q; want it to hold %q", e.Reason, e.Note, want)
+					}
+				}
+			}
+			slices.Sort(got)
+			want := []string{"Deployment " + tc.typ + " " + tc.reason, "Secret " + tc.typ + " " + tc.reason}
+			if !slices.Equal(got, want) {
+				t.Errorf("outcome Events %v; want %v", got, want)
+			}
+			var metrics strings.Builder
+			r.c.m.WritePrometheus(&metrics)
+			if line := fmt.Sprintf("k8secrets_watch_rotations_total{result=%q} 1", tc.result); !strings.Contains(metrics.String(), line) {
+				t.Errorf("/metrics lacks %s:\n%s", line, metrics.String())
+			}
+			if got := r.recorded(); got != "rv:101" {
+				t.Errorf("recorded %q; want rv:101 (recorded whatever the outcome: poking again would not change it)", got)
+			}
+		})
+	}
+}
+
+// A change of a Secret that several workloads mount: each workload gets its
+// own Refreshed and outcome Events, the Secret two in all (Refreshed once,
+// and one outcome summing up the workloads'), not two per workload.
+func TestWatchSecretEventsPerChange(t *testing.T) {
+	r := newRig(t)
+	for _, name := range []string{"api", "jobs"} {
+		d, err := r.client.AppsV1().Deployments("ns").Get(context.Background(), "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = d.DeepCopy()
+		d.ObjectMeta = metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: d.Labels,
+			Annotations: map[string]string{RotatedPrefix + "db": d.Annotations[RotatedPrefix+"db"]}}
+		d.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}
+		d.Spec.Template.Labels = map[string]string{"app": name}
+		if d, err = r.client.AppsV1().Deployments("ns").Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r.c.workloadChanged(d)
+	}
+	r.runDue()
+	unknown := "app=api"
+	r.c.verify = func(_ context.Context, _, _, selector string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+		if selector == unknown {
+			return Verdict{Verified: 1, Total: 2, Unknown: []string{"api-1 (unknown: its agent has no /status (404))"}}, nil
+		}
+		return Verdict{Verified: 2, Total: 2}, nil
+	}
+	on := func(kind string) []string {
+		t.Helper()
+		l, err := r.client.EventsV1().Events("ns").List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range l.Items {
+			if e.Regarding.Kind == kind {
+				out = append(out, e.Regarding.Name+" "+e.Type+" "+e.Reason+": "+e.Note)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	reasons := func(evs []string) []string {
+		var out []string
+		for _, e := range evs {
+			head, _, _ := strings.Cut(e, ":")
+			out = append(out, head)
+		}
+		return out
+	}
+
+	r.update("v1", nil)
+	got := on("Secret")
+	want := []string{"db Normal Refreshed", "db Warning Unverified"}
+	if !slices.Equal(reasons(got), want) {
+		t.Fatalf("Events on the Secret after one change = %q; want %v", got, want)
+	}
+	for _, s := range []string{"3 workloads rotated", "2 verified", "1 with pods that could not say what they loaded (Deployment/api)", "5 of 6 pods verified"} {
+		if !strings.Contains(got[1], s) {
+			t.Errorf("the Secret's summary %q does not say %q", got[1], s)
+		}
+	}
+	if !strings.Contains(got[0], "the 3 workloads that mount it") {
+		t.Errorf("the Secret's Refreshed Event %q does not say how many workloads mount it", got[0])
+	}
+	want = []string{
+		"api Normal Refreshed", "api Warning Unverified", "jobs Normal Refreshed", "jobs Normal Verified",
+		"web Normal Refreshed", "web Normal Verified",
+	}
+	if got := reasons(on("Deployment")); !slices.Equal(got, want) {
+		t.Errorf("Events on the Deployments = %v; want %v", got, want)
+	}
+
+	// The next change, every pod verified: two more on the Secret.
+	unknown = ""
+	r.step(DefaultMinInterval)
+	r.update("v2", nil)
+	got = on("Secret")
+	want = []string{"db Normal Refreshed", "db Normal Refreshed", "db Normal Verified", "db Warning Unverified"}
+	if !slices.Equal(reasons(got), want) {
+		t.Fatalf("Events on the Secret after two changes = %q; want %v", got, want)
+	}
+	if n := len(on("Deployment")); n != 12 {
+		t.Errorf("%d Events on the Deployments after two changes; want 12 (Refreshed and an outcome each time)", n)
 	}
 }

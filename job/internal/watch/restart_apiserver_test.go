@@ -66,10 +66,10 @@ func TestAPIWatchStateAfterRestart(t *testing.T) {
 	// recorded; e finishes it.
 	inVerify := make(chan struct{}, 1)
 	d := f.start("d", nil, func(o *Options) {
-		o.Verify = func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (int, int, []string, error) {
+		o.Verify = func(ctx context.Context, ns, secret, _ string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
 			inVerify <- struct{}{}
 			<-ctx.Done()
-			return 0, 2, []string{"web-0", "web-1"}, ctx.Err()
+			return Verdict{Total: 2, Stale: []string{"web-0", "web-1"}}, ctx.Err()
 		}
 	})
 	f.until("d leads", 30*time.Second, func() bool { return f.holder() == "d" })

@@ -39,6 +39,7 @@ func TestServeEndpoints(t *testing.T) {
 	for _, want := range []string{
 		`k8secrets_watch_rotations_total{result="verified"} 1`,
 		`k8secrets_watch_rotations_total{result="stale"} 0`,
+		`k8secrets_watch_rotations_total{result="unknown"} 0`,
 		`k8secrets_watch_breaker_open{namespace="ns",secret="db"} 1`,
 		`k8secrets_watch_breaker_trips_total 1`,
 		`k8secrets_watch_update_to_verified_seconds_bucket{le="2.5"} 1`,
