@@ -887,7 +887,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		log.Warn("rotation interrupted; the next leader rotates again", "error", context.Cause(ctx))
 		return
 	}
-	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
 	var pods []string
 	for _, r := range res {
@@ -928,6 +928,12 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		log.Warn("verification interrupted; the next leader rotates again", "error", context.Cause(ctx))
 		return
 	}
+	// The writes after the verification get time of their own: it can
+	// outlast the first writes' 10 s (up to --verify-timeout), and their
+	// Events and the record then failed with "context deadline exceeded"
+	// (seen in the restart series, where the rotation was then repeated).
+	ectx, cancelAfter := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancelAfter()
 	c.m.pods(s.Namespace, s.Name, v.Verified, len(v.Stale), len(v.Unknown))
 	unknown := ""
 	if len(v.Unknown) > 0 {
@@ -964,6 +970,10 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	}
 	log.Info("rotated", "pods", len(pods), "verified", v.Verified, "total", v.Total, "stale", len(v.Stale), "unknown", len(v.Unknown))
 }
+
+// writeTimeout bounds each group of a rotation's writes (Events, the
+// record) after a step that may have taken long; tests shorten it.
+var writeTimeout = 10 * time.Second
 
 // standIn gives the VerifyFunc of a controller given none; this package's
 // tests set it.

@@ -209,3 +209,27 @@ func (f *fx) eventsOn(object, reason string) int {
 	}
 	return n
 }
+
+// A verification longer than the time given to the rotation's writes does
+// not make its outcome Events and its record fail: they get time of their
+// own. They failed with "context deadline exceeded", and the rotation was
+// then repeated, when the restart series' verification waited out the
+// kubelet's crash-loop backoff.
+func TestAPIWatchSlowVerificationStillRecorded(t *testing.T) {
+	defer func(d time.Duration, s func(*Controller) VerifyFunc) { writeTimeout, standIn = d, s }(writeTimeout, standIn)
+	writeTimeout = time.Second
+	standIn = func(*Controller) VerifyFunc {
+		return func(ctx context.Context, _, _, _ string, _ func(context.Context) (*corev1.Secret, error)) (Verdict, error) {
+			time.Sleep(2 * writeTimeout) // the pods take long
+			return Verdict{Verified: 2, Total: 2}, nil
+		}
+	}
+	f := newFx(t)
+	f.start("a", nil, nil)
+	f.until("a's baseline", 30*time.Second, func() bool { return f.recorded("web") != "" })
+	rv := f.setSecret("db", "v1", nil)
+	f.until("a rotated v1", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv })
+	f.until("Verified on web and on the Secret", 10*time.Second, func() bool {
+		return f.eventsOn("Deployment/web", ReasonVerified) == 1 && f.eventsOn("Secret/db", ReasonVerified) == 1
+	})
+}
