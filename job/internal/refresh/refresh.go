@@ -204,6 +204,16 @@ func mounts(p *corev1.Pod, secret string) bool {
 	return false
 }
 
+// Poke changes the pod's refresh annotation, which makes its kubelet
+// resync it now; gone reports that the pod no longer exists.
+func Poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
+	return poke(ctx, client, p)
+}
+
+// Restarts tells whether the pod's agent (container agent) restarts the
+// app: such pods are refreshed one at a time, never poked together.
+func Restarts(p *corev1.Pod, agent string) bool { return restarts(p, agent) }
+
 // restarts tells whether the pod's agent for this Secret restarts the app.
 func restarts(p *corev1.Pod, agent string) bool {
 	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {

@@ -215,6 +215,7 @@ func judge(out *Pod, body []byte, want string, dirs []string) {
 		}
 	case !seenCurrent:
 		out.State, out.Reason = Stale, "old content loaded; the kubelet has not written the current content into the pod yet (refresh makes it do so now)"
+		out.undelivered = true
 	default:
 		out.State, out.Reason = Stale, "old content loaded; the agent has the current content and its reload is pending"
 	}

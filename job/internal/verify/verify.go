@@ -106,6 +106,9 @@ type Pod struct {
 	// forbidden: the pod proxy refused us (RBAC); nothing changes that
 	// while we wait.
 	forbidden bool
+	// undelivered: stale, and its agent has not seen the current content
+	// (the kubelet has not written it).
+	undelivered bool
 }
 
 // Report is the outcome of a check.
@@ -214,6 +217,9 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options) (Report, 
 			lastErr = err
 			c.log.Warn("verify: check failed; retrying", "namespace", o.Namespace, "secret", o.Secret, "error", err)
 		}
+		if err == nil {
+			c.repoke(ctx, r, time.Since(start))
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -234,6 +240,45 @@ func Wait(ctx context.Context, client kubernetes.Interface, o Options) (Report, 
 	}
 }
 
+// Re-poking: a refresh's poke can reach a kubelet before its own watch of
+// the Secret has the new data; that kubelet then rewrites the old content,
+// and the pod stays stale until its next periodic sync (60-90 s). So a
+// pod whose agent has still not seen the current content repokeAfter into
+// the wait is poked again, at most every repokeEvery. Restart-mode pods
+// are not: poked together, their apps would restart together (refresh
+// gives them their turns one at a time).
+var (
+	repokeAfter = time.Second
+	repokeEvery = 2 * time.Second
+)
+
+func (c *checker) repoke(ctx context.Context, r Report, since time.Duration) {
+	if since < repokeAfter {
+		return
+	}
+	agent := plan.AgentName(plan.ID(c.o.Secret))
+	for _, p := range r.Pods {
+		if !p.undelivered {
+			continue
+		}
+		c.mu.Lock()
+		pod, ok := c.pods[p.Name]
+		due := ok && time.Since(c.poked[p.Name]) >= repokeEvery && !refresh.Restarts(pod, agent)
+		if due {
+			c.poked[p.Name] = time.Now()
+		}
+		c.mu.Unlock()
+		if !due {
+			continue
+		}
+		if _, err := refresh.Poke(ctx, c.client, pod); err != nil {
+			c.log.Warn("verify: poke again", "namespace", pod.Namespace, "name", pod.Name, "error", err)
+			continue
+		}
+		c.log.Info("verify: poked again; the kubelet had not written the current content", "namespace", pod.Namespace, "name", pod.Name)
+	}
+}
+
 // checker remembers, across the checks of one Wait, the pods whose answer
 // cannot change while the Secret's content stays the same.
 type checker struct {
@@ -245,6 +290,8 @@ type checker struct {
 
 	mu      sync.Mutex
 	settled map[podKey]memo
+	pods    map[string]*corev1.Pod // the last check's, by name
+	poked   map[string]time.Time   // when repoke last poked each
 }
 
 // podKey is a pod, not a namesake that replaced it (a StatefulSet's).
@@ -271,7 +318,7 @@ func newChecker(client kubernetes.Interface, o Options) *checker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &checker{client: client, o: o, via: resolve(o.Via), log: log, http: directClient(), settled: map[podKey]memo{}}
+	return &checker{client: client, o: o, via: resolve(o.Via), log: log, http: directClient(), settled: map[podKey]memo{}, pods: map[string]*corev1.Pod{}, poked: map[string]time.Time{}}
 }
 
 // resolve turns Auto into the way to use.
@@ -310,6 +357,12 @@ func (c *checker) check(ctx context.Context) (Report, error) {
 	if err != nil {
 		return r, err
 	}
+	c.mu.Lock()
+	clear(c.pods)
+	for _, p := range pods {
+		c.pods[p.Name] = p
+	}
+	c.mu.Unlock()
 	r.Pods = make([]Pod, len(pods))
 	var g errgroup.Group // a pod's answer is no error: each is judged
 	g.SetLimit(parallel)

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/k8secrets/k8secrets/internal/contentid"
@@ -398,5 +400,49 @@ func TestCheckSelector(t *testing.T) {
 	}
 	if r.Total != 2 {
 		t.Errorf("Check with no selector = %+v; want both pods", r.Pods)
+	}
+}
+
+// A pod whose agent has not seen the current content (the kubelet wrote
+// the old one: the refresh's poke reached it before its copy of the Secret
+// changed) is poked again while the wait goes on; a restart-mode pod is
+// not, since pods poked together would restart together.
+func TestWaitPokesAgainPodsTheKubeletHasNotWritten(t *testing.T) {
+	defer func(a, e time.Duration) { repokeAfter, repokeEvery = a, e }(repokeAfter, repokeEvery)
+	repokeAfter, repokeEvery = 0, 50*time.Millisecond
+	key := newKey(t)
+	cur, old := id(t, key, data(value)), id(t, key, data("old"))
+	var mu sync.Mutex
+	poked := map[string]int{}
+	pokes := func(name string) int { mu.Lock(); defer mu.Unlock(); return poked[name] }
+	// The kubelet writes the current content at the pod's first poke.
+	statusOf := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if pokes(name) > 0 {
+				serve(directory{Path: mountPath, Loaded: cur, Seen: cur, State: "loaded"})(w, r)
+				return
+			}
+			serve(directory{Path: mountPath, Loaded: old, Seen: old, State: "loaded"})(w, r)
+		}
+	}
+	signal := func(p *corev1.Pod) { p.Spec.InitContainers[0].Args[1] = "--reload=signal:SIGHUP" }
+	c := clientWith(pod("web-5d8f-s", agent(t, statusOf("web-5d8f-s")), key, signal), pod("web-5d8f-r", agent(t, statusOf("web-5d8f-r")), key))
+	c.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		poked[a.(k8stesting.PatchAction).GetName()]++
+		mu.Unlock()
+		return false, nil, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r, err := Wait(ctx, c, Options{Namespace: ns, Secret: secret, Via: Direct})
+	if n := pokes("web-5d8f-s"); n != 1 {
+		t.Errorf("the signal-mode pod was poked %d times; want once, then current", n)
+	}
+	if n := pokes("web-5d8f-r"); n != 0 {
+		t.Errorf("the restart-mode pod was poked %d times by the wait; want none", n)
+	}
+	if !errors.Is(err, ErrNotVerified) || !strings.Contains(err.Error(), "web-5d8f-r (stale") || r.Current != 1 {
+		t.Errorf("Wait = %+v, %v; want web-5d8f-s current and web-5d8f-r stale", r, err)
 	}
 }
