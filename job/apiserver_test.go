@@ -254,8 +254,8 @@ func TestAPIInjectRerunRemove(t *testing.T) {
 	}
 	d := cl.waitDeployment("web")
 	spec := d.Spec.Template.Spec
-	if len(spec.Volumes) != 1 || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != "db-creds" {
-		t.Errorf("deployment volumes = %+v; want the db-creds secret volume", spec.Volumes)
+	if volumeNames(spec.Volumes) != restartInjection || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != "db-creds" {
+		t.Errorf("deployment volumes = %+v; want the db-creds secret volume and the agent's turn file", spec.Volumes)
 	}
 	if m := spec.Containers[0].VolumeMounts; len(m) != 1 || m[0].MountPath != "/var/run/secrets/k8secrets/db-creds" || !m[0].ReadOnly {
 		t.Errorf("app mounts = %+v; want a read-only mount at the default path", m)
@@ -757,7 +757,7 @@ func TestAPIUnreachableMidRun(t *testing.T) {
 	// Converged on the first run's rollout: injected, available, and no
 	// third ReplicaSet.
 	d := cl.waitDeployment("web")
-	if len(d.Spec.Template.Spec.Volumes) != 1 || cl.replicaSets() != 2 {
+	if volumeNames(d.Spec.Template.Spec.Volumes) != restartInjection || cl.replicaSets() != 2 {
 		t.Errorf("after the rerun: volumes %v, %d ReplicaSets; want the injected template and 2", d.Spec.Template.Spec.Volumes, cl.replicaSets())
 	}
 }
@@ -823,8 +823,8 @@ func TestAPIMaxParallel(t *testing.T) {
 	}
 	for _, n := range names {
 		d := cl.waitDeployment(n)
-		if v := d.Spec.Template.Spec.Volumes; len(v) != 1 || v[0].Secret == nil || v[0].Secret.SecretName != "db-creds" {
-			t.Errorf("deployment %s volumes = %+v; want the db-creds secret volume", n, v)
+		if v := d.Spec.Template.Spec.Volumes; volumeNames(v) != restartInjection || v[0].Secret == nil || v[0].Secret.SecretName != "db-creds" {
+			t.Errorf("deployment %s volumes = %+v; want the db-creds secret volume and the agent's turn file", n, v)
 		}
 	}
 }

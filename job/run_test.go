@@ -249,7 +249,7 @@ func TestInjectDryRunsEveryChangeBeforeApplying(t *testing.T) {
 	}
 	// Injected: the object in the (fake) API server carries the volume.
 	got, _ := r.client.AppsV1().Deployments("shop").Get(context.Background(), "web", metav1.GetOptions{})
-	if got.Labels["k8secrets.io/injected"] != "true" || len(got.Spec.Template.Spec.Volumes) != 1 || got.Spec.Template.Spec.Volumes[0].Secret.SecretName != "db-creds" {
+	if got.Labels["k8secrets.io/injected"] != "true" || volumeNames(got.Spec.Template.Spec.Volumes) != restartInjection || got.Spec.Template.Spec.Volumes[0].Secret.SecretName != "db-creds" {
 		t.Errorf("deployment after inject: labels %v volumes %+v", got.Labels, got.Spec.Template.Spec.Volumes)
 	}
 	events, _ := r.client.EventsV1().Events("shop").List(context.Background(), metav1.ListOptions{})
@@ -397,4 +397,18 @@ func TestAPIErrorExit1(t *testing.T) {
 	if r.code != 1 || !strings.Contains(errString(r.err), `list pods in shop matching "app=web"`) {
 		t.Fatalf("exit %d (%v); want 1 naming what failed", r.code, r.err)
 	}
+}
+
+// restartInjection names the volumes an injection of db-creds in restart
+// mode (the default) brings: the Secret's, and the agent's turn file (the
+// pod's k8secrets.io/refreshed-at, plan.withTurns).
+const restartInjection = "k8secrets-db-creds,k8secrets-db-creds-turn"
+
+// volumeNames lists the volumes' names, in order, comma-separated.
+func volumeNames(vs []corev1.Volume) string {
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = v.Name
+	}
+	return strings.Join(names, ",")
 }
