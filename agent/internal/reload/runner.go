@@ -103,7 +103,7 @@ func (r *Runner) Run(ctx context.Context) {
 				return
 			}
 		}
-		if r.opts.Turn != nil && r.takesDown() {
+		if r.opts.Turn != nil && r.restarts() {
 			why, ok := r.opts.Turn.Wait(ctx, r.log)
 			if !ok {
 				return
@@ -200,19 +200,10 @@ func (r *Runner) reload(ctx context.Context) {
 	}
 }
 
-// restarts tells whether a reload ends the app's processes.
+// restarts tells whether a reload ends the app's processes (restart, or
+// restart-all, which ends the whole pod's): those wait for the pod's turn,
+// and the changes seen before one are the restarted app's.
 func (r *Runner) restarts() bool {
-	for _, a := range r.opts.Actions {
-		if a.Kind() == "restart" {
-			return true
-		}
-	}
-	return false
-}
-
-// takesDown tells whether a reload takes the app down (restart or
-// restart-all): those wait for the pod's turn.
-func (r *Runner) takesDown() bool {
 	for _, a := range r.opts.Actions {
 		if k := a.Kind(); k == "restart" || k == "restart-all" {
 			return true

@@ -80,7 +80,7 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 			return nil
 		}
 		pod = pod.DeepCopy() // not a pointer into the page
-		if restarts(pod, o.AgentName) {
+		if Restarts(pod, o.AgentName) {
 			oneByOne = append(oneByOne, pod)
 		} else {
 			now = append(now, pod)
@@ -97,7 +97,7 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 	for i, p := range oneByOne {
 		before := restartCount(p)
 		wasReady := rollout.PodReady(p)
-		gone, err := poke(ctx, client, p)
+		gone, err := Poke(ctx, client, p)
 		if err != nil {
 			return out, err
 		}
@@ -151,7 +151,7 @@ func pokeAll(ctx context.Context, client kubernetes.Interface, pods []*corev1.Po
 			break // the first error ends the refresh, as it did one by one
 		}
 		g.Go(func() error {
-			gone, err := poke(ctx, client, p)
+			gone, err := Poke(ctx, client, p)
 			if err != nil {
 				return err
 			}
@@ -204,18 +204,10 @@ func mounts(p *corev1.Pod, secret string) bool {
 	return false
 }
 
-// Poke changes the pod's refresh annotation, which makes its kubelet
-// resync it now; gone reports that the pod no longer exists.
-func Poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
-	return poke(ctx, client, p)
-}
-
-// Restarts tells whether the pod's agent (container agent) restarts the
-// app: such pods are refreshed one at a time, never poked together.
-func Restarts(p *corev1.Pod, agent string) bool { return restarts(p, agent) }
-
-// restarts tells whether the pod's agent for this Secret restarts the app.
-func restarts(p *corev1.Pod, agent string) bool {
+// Restarts tells whether the pod's agent (the container named agent)
+// restarts the app: such pods are refreshed one at a time, never poked
+// together.
+func Restarts(p *corev1.Pod, agent string) bool {
 	for _, c := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
 		if c.Name != agent {
 			continue
@@ -229,9 +221,10 @@ func restarts(p *corev1.Pod, agent string) bool {
 	return false
 }
 
-// poke annotates the pod; gone reports that it no longer exists (404), which
-// is no error: there is nothing left to refresh.
-func poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
+// Poke annotates the pod, which makes its kubelet resync it now; gone
+// reports that it no longer exists (404), which is no error: there is
+// nothing left to refresh.
+func Poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 		wellknown.RefreshAnnotation: time.Now().UTC().Format(time.RFC3339Nano),
 	}}})
@@ -296,7 +289,7 @@ func waitRestarted(ctx context.Context, client kubernetes.Interface, p *corev1.P
 				return
 			case <-t.C:
 				if seen.Load() && !wentDown.Load() {
-					_, _ = poke(ctx, client, p) // a failure ends nothing: the wait decides
+					_, _ = Poke(ctx, client, p) // a failure ends nothing: the wait decides
 				}
 			}
 		}
