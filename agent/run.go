@@ -51,7 +51,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 
 	var turn *reload.Turn
 	if cfg.TurnFile != "" {
-		turn = &reload.Turn{File: cfg.TurnFile, Hold: cfg.TurnHold, Fresh: reload.TurnFresh, Every: reload.TurnEvery, Poll: reload.TurnPoll}
+		turn = &reload.Turn{File: cfg.TurnFile, HeldFile: cfg.HeldFile, Hold: cfg.TurnHold, Fresh: reload.TurnFresh, Every: reload.TurnEvery, Poll: reload.TurnPoll}
 		if err := turn.Start(); err != nil {
 			return err
 		}

@@ -79,6 +79,7 @@ func main() {
 	tlsListen := flag.String("tls-listen", "", "also serve HTTPS on this address, with tls.crt and tls.key of --tls-dir (read at start)")
 	tlsDir := flag.String("tls-dir", "", "directory of the HTTPS certificate and key")
 	envVersion := flag.String("env-version", "", "serve this environment variable's value, read at start, as envVersion (the Secret's non-secret version key, taken through env)")
+	exitOn := flag.String("exit-on-version", "", "exit 1 at start when the Secret's version is this: an app that cannot run with some content (the e2e tests' failed rotation)")
 	probe := flag.Bool("probe", false, "be an exec probe: GET /healthz of the app serving on --listen, exit 0 if it answers 200")
 	flag.Parse()
 	if *probe {
@@ -92,6 +93,10 @@ func main() {
 	}
 	if err := s.load(); err != nil {
 		log.Error("load secret", "dir", *dir, "error", err)
+		os.Exit(1)
+	}
+	if *exitOn != "" && s.Version == *exitOn {
+		log.Error("refusing to start with this content", "version", s.Version)
 		os.Exit(1)
 	}
 	log.Info("loaded", "version", s.Version, "digest", s.Digest)

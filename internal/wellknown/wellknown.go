@@ -33,6 +33,11 @@ const (
 	// RefreshAnnotation on a Pod is changed by "k8secrets-job refresh" to make
 	// the kubelet resync that pod, and so its Secret volumes, at once.
 	RefreshAnnotation = Domain + "/refreshed-at"
+	// HeldAnnotation on a Pod says why the Job holds it (not empty): the
+	// pods a one-at-a-time pass has yet to restart, and a workload's pods
+	// while its rotation waits for pods to be available. Their agents then
+	// restart only on their turn, not after --turn-hold. A poke removes it.
+	HeldAnnotation = Domain + "/restart-held"
 
 	// DefaultMountDir is the parent of the default mount path,
 	// DefaultMountDir/<secret>.
@@ -69,6 +74,8 @@ const (
 	// that is when the Job's watch or refresh gives the pod its turn.
 	AgentTurnDir  = "/var/run/k8secrets-agent/turn"
 	AgentTurnFile = "refreshed-at"
+	// AgentHeldFile, beside it, is the pod's HeldAnnotation.
+	AgentHeldFile = "restart-held"
 	// TurnVolumeSuffix: VolumePrefix + ID + TurnVolumeSuffix names it.
 	TurnVolumeSuffix = "-turn"
 

@@ -44,6 +44,7 @@ type Config struct {
 	TargetMount      []string
 	StateDir         string
 	TurnFile         string
+	HeldFile         string
 	TurnHold         time.Duration
 	HTTPMethod       string
 	HTTPSuccessCodes string
@@ -124,7 +125,9 @@ Turns (restart and restart-all, with --turn-file):
   annotation, which the Job's watch and refresh make one pod at a time, each
   Ready before the next. The kubelet's own periodic sync delivers content to
   any pod at any moment; without turns, pods that got it restarted at once,
-  beside the one being restarted. No turn within --turn-hold: restart anyway.
+  beside the one being restarted. No turn within --turn-hold: restart anyway,
+  unless --held-file is not empty (the Job holds the pod: a pass stopped at a
+  pod that is not Ready again, or a rotation waits for its pods).
 
 Target processes (signal and restart):
   --process NAME  processes whose /proc/PID/comm or executable base name is NAME
@@ -168,6 +171,7 @@ func newFlagSet(out io.Writer) *pflag.FlagSet {
 	fs.StringArray("target-mount", nil, "target the containers that mount the volume the agent sees at this directory (repeatable; default: the --watch directories' volumes); the Job's marker for apps that take the Secret through env")
 	fs.String("state-dir", "", "restart-all: a writable directory that outlives the agent's restarts (an emptyDir), to restart the pod once per content and catch changes made while the agent was down")
 	fs.String("turn-file", "", "restart and restart-all: a downward API file of the pod's k8secrets.io/refreshed-at annotation; a restart waits until it changes (the pod's turn, given by the Job's watch or refresh), at most --turn-hold")
+	fs.String("held-file", "", "with --turn-file: a downward API file of the pod's k8secrets.io/restart-held annotation; while it is not empty, --turn-hold does not end the wait")
 	fs.Duration("turn-hold", d.TurnHold, "with --turn-file: restart anyway when no turn came within this")
 	fs.String("http-method", d.HTTPMethod, "method of http: reloads")
 	fs.String("http-success-codes", d.HTTPSuccessCodes, "status codes that mean success: comma-separated codes, ranges (200-299) or classes (2xx)")
@@ -241,6 +245,7 @@ func Load(args []string, out io.Writer) (Config, error) {
 	c.TargetMount = r.list("target-mount")
 	c.StateDir = v.GetString("state-dir")
 	c.TurnFile = v.GetString("turn-file")
+	c.HeldFile = v.GetString("held-file")
 	c.TurnHold = r.duration("turn-hold")
 	c.HTTPMethod = v.GetString("http-method")
 	c.HTTPSuccessCodes = v.GetString("http-success-codes")
@@ -374,6 +379,9 @@ func (c Config) problems() []error {
 	}
 	if c.TurnFile != "" && !restart && !restartAll {
 		add("--turn-file: only used by --reload restart and restart-all (the reloads that take the app down)")
+	}
+	if c.HeldFile != "" && c.TurnFile == "" {
+		add("--held-file: only used with --turn-file")
 	}
 	if c.TurnHold <= 0 {
 		add("--turn-hold: must be positive, got %s", c.TurnHold)

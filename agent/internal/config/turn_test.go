@@ -26,6 +26,7 @@ func TestTurnFile(t *testing.T) {
 	}{
 		{[]string{"--watch=/w", "--reload=signal:SIGHUP", "--turn-file=/t/f"}, "--turn-file: only used by --reload restart and restart-all"},
 		{[]string{"--watch=/w", "--reload=restart", "--turn-file=/t/f", "--turn-hold=0s"}, "--turn-hold: must be positive"},
+		{[]string{"--watch=/w", "--reload=restart", "--held-file=/t/h"}, "--held-file: only used with --turn-file"},
 	} {
 		if _, err := Load(c.args, io.Discard); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Load(%q) = %v; want ErrInvalid with %q", c.args, err, c.want)

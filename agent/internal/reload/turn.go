@@ -28,10 +28,22 @@ import (
 // file to change, at most Hold (nobody runs the watch or refresh: restart
 // anyway, as without a turn). A change of the file is used once: a later
 // content change does not ride on an old poke.
+//
+// HeldFile, when set, is a downward API file of the pod's
+// k8secrets.io/restart-held annotation, which the Job sets on the pods it
+// has yet to restart in a pass (and on a workload's pods while a rotation
+// waits for its pods to be available). While it is not empty, Hold does not
+// end the wait: a pass that stopped because a restarted pod is not Ready
+// again (an app that fails with the new content) must not be followed by
+// the other pods restarting on their own after Hold, all taking the same
+// content down with them.
 type Turn struct {
 	// File is the downward API file of the pod's refreshed-at annotation.
 	File string
-	// Hold bounds the wait for a turn.
+	// HeldFile is the downward API file of its restart-held annotation.
+	HeldFile string
+	// Hold bounds the wait for a turn, unless HeldFile says the Job holds
+	// the pod.
 	Hold time.Duration
 	// Fresh is how long before the content a change of File still counts
 	// as this content's turn (the kubelet writes both in one sync).
@@ -85,7 +97,7 @@ func (t *Turn) Run(ctx context.Context) {
 // passed, with why; ok is false if ctx ended first.
 func (t *Turn) Wait(ctx context.Context, log *slog.Logger) (why string, ok bool) {
 	start := time.Now()
-	logged := false
+	logged, heldLogged := false, ""
 	for {
 		now := time.Now()
 		t.observe(now)
@@ -98,13 +110,24 @@ func (t *Turn) Wait(ctx context.Context, log *slog.Logger) (why string, ok bool)
 		t.mu.Unlock()
 		held := now.Sub(start)
 		if held >= t.Hold {
-			return fmt.Sprintf("no turn given within %s (neither the watch nor refresh changed k8secrets.io/refreshed-at)", t.Hold), true
+			by := t.heldBy()
+			if by == "" {
+				return fmt.Sprintf("no turn given within %s (neither the watch nor refresh changed k8secrets.io/refreshed-at)", t.Hold), true
+			}
+			if by != heldLogged {
+				log.Warn("still holding the restart past --turn-hold: the Job holds this pod (k8secrets.io/restart-held) until its turn", "heldBy", by)
+				heldLogged = by
+			}
 		}
 		if !logged {
 			log.Info("holding the restart until this pod's turn: the watch or refresh changes its k8secrets.io/refreshed-at", "hold", t.Hold)
 			logged = true
 		}
-		if !sleep(ctx, min(t.Poll, t.Hold-held)) {
+		wait := t.Poll
+		if held < t.Hold {
+			wait = min(wait, t.Hold-held)
+		}
+		if !sleep(ctx, wait) {
 			return "", false
 		}
 	}
@@ -122,6 +145,19 @@ func (t *Turn) observe(now time.Time) {
 	if !bytes.Equal(b, t.last) {
 		t.last, t.seenAt, t.used = b, now, false
 	}
+}
+
+// heldBy is HeldFile's content: why the Job holds the pod, or "" if it
+// does not (no HeldFile, the annotation unset, or the file unreadable).
+func (t *Turn) heldBy() string {
+	if t.HeldFile == "" {
+		return ""
+	}
+	b, err := os.ReadFile(t.HeldFile)
+	if err != nil {
+		return ""
+	}
+	return string(bytes.TrimSpace(b))
 }
 
 // read returns File's content; a missing file (the annotation was never

@@ -141,3 +141,50 @@ func TestRunnerRestartWaitsForTheTurnOtherReloadsDoNot(t *testing.T) {
 		})
 	}
 }
+
+func TestTurnHeldByTheJobOutlastsTheHold(t *testing.T) {
+	// The Job holds the pods it has yet to restart: a pass stopped at a
+	// pod that is not Ready again. Past Hold the agent keeps waiting while
+	// the held file says so; once it is emptied, Hold ends the wait; a
+	// turn ends it at any time.
+	turn, write := newTurn(t, "2026-12-01T08:00:00Z", 50*time.Millisecond, time.Second)
+	held := filepath.Join(t.TempDir(), "restart-held")
+	if err := os.WriteFile(held, []byte("refresh of secret db stopped at pod web-1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	turn.HeldFile = held
+	done := make(chan string, 1)
+	go func() { done <- wait(t, turn) }()
+	select {
+	case why := <-done:
+		t.Fatalf("Wait returned %q while held; want it to wait past the hold of 50ms", why)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := os.WriteFile(held, nil, 0o644); err != nil { // the annotation removed
+		t.Fatal(err)
+	}
+	select {
+	case why := <-done:
+		if !strings.Contains(why, "no turn given within 50ms") {
+			t.Fatalf("Wait returned %q once no longer held; want the hold to run out", why)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait still waiting 5s after the held file was emptied")
+	}
+
+	// Held, then poked: the turn goes ahead.
+	if err := os.WriteFile(held, []byte("held"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- wait(t, turn) }()
+	time.Sleep(200 * time.Millisecond)
+	write("2026-12-01T09:00:00Z")
+	select {
+	case why := <-done:
+		if !strings.Contains(why, "turn (") {
+			t.Fatalf("Wait returned %q; want the pod's turn", why)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a held pod's turn did not end the wait")
+	}
+}

@@ -94,6 +94,16 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 	if err != nil {
 		return out, err
 	}
+	if len(oneByOne) > 1 {
+		// The pods after the first wait their turn; held, their agents do
+		// not restart on their own after --turn-hold should this pass stop
+		// (a pod not Ready again with the new content) or die. Each poke
+		// releases its pod.
+		why := fmt.Sprintf("%s: refresh of secret %s restarts its pods one at a time; this one waits its turn", time.Now().UTC().Format(time.RFC3339), o.Secret)
+		if err := holdAll(ctx, client, oneByOne[1:], why); err != nil {
+			return out, err
+		}
+	}
 	for i, p := range oneByOne {
 		before := restartCount(p)
 		wasReady := rollout.PodReady(p)
@@ -119,7 +129,7 @@ func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog
 			out = append(out, Result{Pod: p.Name, Detail: fmt.Sprintf("%s within %s", why, o.Settle)})
 			if i < len(oneByOne)-1 {
 				// Restarting another pod now could take two down at once.
-				return out, fmt.Errorf("%w: pod %s/%s %s within --settle %s (a crash-loop backoff of the kubelet, an app that fails with the new content, or a pod unhealthy already); stopped before the next of %d pods, so that two are never down at once; see its Events, then refresh again", ErrNotReady, p.Namespace, p.Name, why, o.Settle, len(oneByOne))
+				return out, fmt.Errorf("%w: pod %s/%s %s within --settle %s (a crash-loop backoff of the kubelet, an app that fails with the new content, or a pod unhealthy already); stopped before the next of %d pods, so that two are never down at once, and the %d left are held (annotation %s) until their turn; see its Events, then refresh again", ErrNotReady, p.Namespace, p.Name, why, o.Settle, len(oneByOne), len(oneByOne)-1-i, wellknown.HeldAnnotation)
 			}
 			log.Warn("refreshed pod not Ready", "namespace", p.Namespace, "name", p.Name, "detail", why)
 			continue
@@ -221,13 +231,19 @@ func Restarts(p *corev1.Pod, agent string) bool {
 	return false
 }
 
-// Poke annotates the pod, which makes its kubelet resync it now; gone
-// reports that it no longer exists (404), which is no error: there is
-// nothing left to refresh.
+// Poke annotates the pod, which makes its kubelet resync it now, and
+// releases it if it was held (its turn has come); gone reports that it no
+// longer exists (404), which is no error: there is nothing left to refresh.
 func Poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone bool, err error) {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-		wellknown.RefreshAnnotation: time.Now().UTC().Format(time.RFC3339Nano),
-	}}})
+	return annotate(ctx, client, p, map[string]*string{
+		wellknown.RefreshAnnotation: new(time.Now().UTC().Format(time.RFC3339Nano)),
+		wellknown.HeldAnnotation:    nil,
+	})
+}
+
+// annotate merge-patches the pod's annotations (nil removes one).
+func annotate(ctx context.Context, client kubernetes.Interface, p *corev1.Pod, ann map[string]*string) (gone bool, err error) {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
 	_, err = client.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: wellknown.FieldManager})
 	if apierrors.IsNotFound(err) {
 		return true, nil
@@ -236,6 +252,43 @@ func Poke(ctx context.Context, client kubernetes.Interface, p *corev1.Pod) (gone
 		return false, fmt.Errorf("annotate pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return false, nil
+}
+
+// Hold sets the restart-held annotation, saying why, on the running pods
+// of o (o.Selector's, mounting o.Secret) whose agent restarts the app and
+// that are not held yet: their agents then restart only on their turn, not
+// on their own after --turn-hold. The watch holds a workload's pods while
+// its rotation waits for pods to be available. It returns how many pods it
+// held.
+func Hold(ctx context.Context, client kubernetes.Interface, o Options, why string) (int, error) {
+	pods, err := Mounting(ctx, client, o.Namespace, o.Secret, o.Selector)
+	if err != nil {
+		return 0, err
+	}
+	var hold []*corev1.Pod
+	for _, p := range pods {
+		if Restarts(p, o.AgentName) && p.Annotations[wellknown.HeldAnnotation] == "" {
+			hold = append(hold, p)
+		}
+	}
+	return len(hold), holdAll(ctx, client, hold, why)
+}
+
+// holdAll sets the pods' restart-held annotation to why, parallel at a
+// time; pods deleted meanwhile are skipped.
+func holdAll(ctx context.Context, client kubernetes.Interface, pods []*corev1.Pod, why string) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for _, p := range pods {
+		g.Go(func() error {
+			_, err := annotate(ctx, client, p, map[string]*string{wellknown.HeldAnnotation: &why})
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("hold the pods left to restart: %w", err)
+	}
+	return nil
 }
 
 // restartCount sums the restarts of the pod's app containers.

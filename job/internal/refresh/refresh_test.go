@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -290,6 +291,9 @@ func TestPodsStopsWhileARestartedPodIsDown(t *testing.T) {
 	var mu sync.Mutex
 	client.PrependReactor("patch", "pods", func(act k8stesting.Action) (bool, runtime.Object, error) {
 		name := act.(k8stesting.PatchAction).GetName()
+		if !strings.Contains(string(act.(k8stesting.PatchAction).GetPatch()), wellknown.RefreshAnnotation) {
+			return false, nil, nil // a hold, not a poke
+		}
 		mu.Lock()
 		poked[name]++
 		first := poked[name] == 1
@@ -321,5 +325,63 @@ func TestPodsStopsWhileARestartedPodIsDown(t *testing.T) {
 	}
 	if len(res) != 1 || res[0].Pod != "web-0" || res[0].Restarted {
 		t.Errorf("Pods = %+v; want web-0 only, not restarted", res)
+	}
+	// web-1 is held: its agent, given the new content by the kubelet's
+	// own sync, must not restart it after --turn-hold while web-0 is down.
+	// web-0's poke released it.
+	for name, want := range map[string]bool{"web-0": false, "web-1": true} {
+		p, err := client.CoreV1().Pods("shop").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if held := p.Annotations[wellknown.HeldAnnotation]; (held != "") != want {
+			t.Errorf("%s: %s = %q; want held %v", name, wellknown.HeldAnnotation, held, want)
+		}
+	}
+	if !strings.Contains(err.Error(), "the 1 left are held") {
+		t.Errorf("error %q; want it to say the pod left is held", err)
+	}
+}
+
+// A pass that ends leaves no pod held: each poke released its pod.
+func TestPodsReleasesEveryPodItHeld(t *testing.T) {
+	var pods []runtime.Object
+	for i := range 3 {
+		p := mountingPod(fmt.Sprintf("web-%d", i), "restart")
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		pods = append(pods, p)
+	}
+	client := fake.NewClientset(pods...)
+	var held []string
+	var mu sync.Mutex
+	client.PrependReactor("patch", "pods", func(act k8stesting.Action) (bool, runtime.Object, error) {
+		pa := act.(k8stesting.PatchAction)
+		if strings.Contains(string(pa.GetPatch()), wellknown.RefreshAnnotation) {
+			return false, nil, nil
+		}
+		mu.Lock()
+		held = append(held, pa.GetName())
+		mu.Unlock()
+		return false, nil, nil
+	})
+	// No restart comes (settle short): each pod is left as it is, and the
+	// pass goes on, as with content that did not change.
+	if _, err := Pods(context.Background(), client, opts(50*time.Millisecond), quiet); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	slices.Sort(held)
+	if !slices.Equal(held, []string{"web-1", "web-2"}) {
+		t.Errorf("held %v; want web-1 and web-2, the pods after the first", held)
+	}
+	mu.Unlock()
+	for i := range 3 {
+		p, err := client.CoreV1().Pods("shop").Get(context.Background(), fmt.Sprintf("web-%d", i), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := p.Annotations[wellknown.HeldAnnotation]; ok || p.Annotations[wellknown.RefreshAnnotation] == "" {
+			t.Errorf("web-%d: annotations %v; want poked and no longer held", i, p.Annotations)
+		}
 	}
 }

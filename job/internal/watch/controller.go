@@ -750,6 +750,7 @@ func (c *Controller) sync(ctx context.Context, key string) {
 	if why := c.tooManyDown(w); why != "" {
 		c.log.Warn("rotation postponed", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "reason", why)
 		c.emit(ctx, workloadRef(w), corev1.EventTypeWarning, ReasonRotationPostponed, "Rotate", why)
+		c.holdPods(ctx, w, due)
 		c.enqueue(key, now.Add(c.o.MinInterval))
 		return
 	}
@@ -758,6 +759,31 @@ func (c *Controller) sync(ctx context.Context, key string) {
 			return
 		}
 		c.rotate(ctx, w, d)
+	}
+}
+
+// holdPods holds the restart-mode pods of a postponed rotation: the
+// kubelet delivers the new content to them on its own meanwhile, and their
+// agents would restart on their own after --turn-hold, however many pods
+// are down. The rotation's pokes release them.
+func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []target) {
+	sel, err := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
+	if err != nil {
+		return
+	}
+	for _, d := range due {
+		if !restarts(w.Template(), d.id) {
+			continue
+		}
+		why := fmt.Sprintf("%s: the rotation of secret %s waits until pods of %s are available again", c.clock.Now().UTC().Format(time.RFC3339), d.secret.Name, w)
+		n, err := refresh.Hold(ctx, c.client, refresh.Options{
+			Namespace: w.Namespace(), Secret: d.secret.Name, AgentName: plan.AgentName(d.id), Selector: sel.String(),
+		}, why)
+		if err != nil {
+			c.log.Warn("hold the pods of a postponed rotation", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "error", err)
+		} else if n > 0 {
+			c.log.Info("held the pods of a postponed rotation until their turn", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "pods", n)
+		}
 	}
 }
 
