@@ -8,8 +8,12 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/k8secrets/k8secrets/internal/wellknown"
 )
 
 // State survives the controller: a rotation is recorded on the workload
@@ -231,5 +235,90 @@ func TestAPIWatchSlowVerificationStillRecorded(t *testing.T) {
 	f.until("a rotated v1", 30*time.Second, func() bool { return f.recorded("web") == "rv:"+rv })
 	f.until("Verified on web and on the Secret", 10*time.Second, func() bool {
 		return f.eventsOn("Deployment/web", ReasonVerified) == 1 && f.eventsOn("Secret/db", ReasonVerified) == 1
+	})
+}
+
+// TestAPIWatchPostponedRotationHoldsItsPods: a restart-mode Deployment
+// with one of its two pods unavailable. Its rotation is postponed, and its
+// pods are held meanwhile (k8secrets.io/restart-held): the kubelet may give
+// them the new content on its own, and their agents must not restart them
+// after --turn-hold while the workload has no room for one more down. Once
+// it is available again the rotation pokes each pod, which releases it.
+func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
+	f := newFx(t)
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "svc", Labels: map[string]string{wellknown.LabelInjected: "true"}},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(2)),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "svc"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "svc"},
+					Annotations: map[string]string{wellknown.AnnotationSecretPrefix + "db": "db"}},
+				Spec: podSpec("db", "restart"),
+			},
+		},
+	}
+	d, err := f.c.AppsV1().Deployments(f.ns).Create(f.ctx, d, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setAvailable := func(n int32) {
+		t.Helper()
+		cur, err := f.c.AppsV1().Deployments(f.ns).Get(f.ctx, "svc", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.Status = appsv1.DeploymentStatus{ObservedGeneration: cur.Generation, Replicas: 2, UpdatedReplicas: 2, ReadyReplicas: n, AvailableReplicas: n}
+		if _, err := f.c.AppsV1().Deployments(f.ns).UpdateStatus(f.ctx, cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setAvailable(1)
+	for i, ready := range []corev1.ConditionStatus{corev1.ConditionTrue, corev1.ConditionFalse} {
+		p, err := f.c.CoreV1().Pods(f.ns).Create(f.ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i), Labels: map[string]string{"app": "svc"}},
+			Spec:       podSpec("db", "restart"),
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}}
+		if _, err := f.c.CoreV1().Pods(f.ns).UpdateStatus(f.ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	annotations := func(pod string) map[string]string {
+		t.Helper()
+		p, err := f.c.CoreV1().Pods(f.ns).Get(f.ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Annotations
+	}
+
+	f.start("a", nil, nil)
+	f.until("a's baseline on svc", 30*time.Second, func() bool { return f.recorded("svc") != "" })
+	f.setSecret("db", "v1", nil)
+	f.until("both svc pods held", 30*time.Second, func() bool {
+		return annotations("svc-0")[wellknown.HeldAnnotation] != "" && annotations("svc-1")[wellknown.HeldAnnotation] != ""
+	})
+	if n := f.eventsOn("Deployment/svc", ReasonRotationPostponed); n == 0 {
+		t.Error("no RotationPostponed Event on Deployment/svc")
+	}
+	for _, p := range []string{"svc-0", "svc-1"} {
+		if v := annotations(p)[wellknown.RefreshAnnotation]; v != "" {
+			t.Errorf("pod %s poked (%s) while the rotation was postponed", p, v)
+		}
+	}
+
+	setAvailable(2)
+	f.until("both svc pods poked and released", time.Minute, func() bool {
+		for _, p := range []string{"svc-0", "svc-1"} {
+			a := annotations(p)
+			if _, held := a[wellknown.HeldAnnotation]; held || a[wellknown.RefreshAnnotation] == "" {
+				return false
+			}
+		}
+		return true
 	})
 }
