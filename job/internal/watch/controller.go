@@ -159,6 +159,7 @@ type Controller struct {
 	running  map[string]bool
 	looked   map[string]bool   // secret key -> a sync has looked at its suspension mark since the start
 	rounds   map[string]*round // secret key -> its last data change, as it is rotated (round.go)
+	held     map[string]string // workload key + "/" + injection id -> the data resourceVersion its pods were held for
 	slots    chan struct{}     // maxParallel: a sync holds one, except while it verifies
 	wake     chan struct{}
 	stopping bool
@@ -194,6 +195,7 @@ func New(client kubernetes.Interface, o Options) *Controller {
 		due:     map[string]time.Time{},
 		running: map[string]bool{},
 		looked:  map[string]bool{},
+		held:    map[string]string{},
 		rounds:  map[string]*round{},
 		slots:   make(chan struct{}, maxParallel),
 		wake:    make(chan struct{}, 1),
@@ -720,6 +722,9 @@ func (c *Controller) sync(ctx context.Context, key string) {
 		}
 		if suspended {
 			c.leave(ctx, skey, rv, key) // a round of its own when it resumes
+			// The kubelet delivers the content meanwhile: restart-mode
+			// agents must not restart on their own after --turn-hold.
+			c.holdPods(ctx, w, []target{{id: id, secret: s}}, "rotations of secret %s are suspended (k8secrets.io/resume resumes them)")
 			c.enqueue(key, until)
 			continue
 		}
@@ -750,7 +755,7 @@ func (c *Controller) sync(ctx context.Context, key string) {
 	if why := c.tooManyDown(w); why != "" {
 		c.log.Warn("rotation postponed", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "reason", why)
 		c.emit(ctx, workloadRef(w), corev1.EventTypeWarning, ReasonRotationPostponed, "Rotate", why)
-		c.holdPods(ctx, w, due)
+		c.holdPods(ctx, w, due, "the rotation of secret %s waits until pods of "+w.String()+" are available again")
 		c.enqueue(key, now.Add(c.o.MinInterval))
 		return
 	}
@@ -762,11 +767,12 @@ func (c *Controller) sync(ctx context.Context, key string) {
 	}
 }
 
-// holdPods holds the restart-mode pods of a postponed rotation: the
-// kubelet delivers the new content to them on its own meanwhile, and their
-// agents would restart on their own after --turn-hold, however many pods
-// are down. The rotation's pokes release them.
-func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []target) {
+// holdPods holds the restart-mode pods of a postponed or suspended
+// rotation, whyf (with the Secret's name) saying why: the kubelet delivers
+// the new content to them on its own meanwhile, and their agents would
+// restart on their own after --turn-hold, however many pods are down or
+// however often the Secret flaps. The rotation's pokes release them.
+func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []target, whyf string) {
 	sel, err := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
 	if err != nil {
 		return
@@ -775,14 +781,29 @@ func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []ta
 		if !restarts(w.Template(), d.id) {
 			continue
 		}
-		why := fmt.Sprintf("%s: the rotation of secret %s waits until pods of %s are available again", c.clock.Now().UTC().Format(time.RFC3339), d.secret.Name, w)
+		// Once per data change: a flapping Secret syncs its workloads at
+		// each change, and the pods held stay held until a poke.
+		hkey := workloadKey(w) + "/" + d.id
+		c.mu.Lock()
+		rv := c.dataRV[secretKey(d.secret.Namespace, d.secret.Name)]
+		done := c.held[hkey] == rv
+		c.mu.Unlock()
+		if done {
+			continue
+		}
+		why := c.clock.Now().UTC().Format(time.RFC3339) + ": " + fmt.Sprintf(whyf, d.secret.Name)
 		n, err := refresh.Hold(ctx, c.client, refresh.Options{
 			Namespace: w.Namespace(), Secret: d.secret.Name, AgentName: plan.AgentName(d.id), Selector: sel.String(),
 		}, why)
+		if err == nil {
+			c.mu.Lock()
+			c.held[hkey] = rv
+			c.mu.Unlock()
+		}
 		if err != nil {
-			c.log.Warn("hold the pods of a postponed rotation", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "error", err)
+			c.log.Warn("hold the pods of a rotation that waits", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "error", err)
 		} else if n > 0 {
-			c.log.Info("held the pods of a postponed rotation until their turn", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "pods", n)
+			c.log.Info("held the pods of a rotation that waits, until their turn", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "pods", n)
 		}
 	}
 }
@@ -903,6 +924,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 	wkey := workloadKey(w)
 	c.mu.Lock()
 	c.poked[skey] = time.Now()
+	delete(c.held, wkey+"/"+d.id) // its pokes release the pods
 	c.mu.Unlock()
 	log.Info("rotating")
 	res, err := refresh.Pods(ctx, c.client, refresh.Options{

@@ -238,14 +238,13 @@ func TestAPIWatchSlowVerificationStillRecorded(t *testing.T) {
 	})
 }
 
-// TestAPIWatchPostponedRotationHoldsItsPods: a restart-mode Deployment
-// with one of its two pods unavailable. Its rotation is postponed, and its
-// pods are held meanwhile (k8secrets.io/restart-held): the kubelet may give
-// them the new content on its own, and their agents must not restart them
-// after --turn-hold while the workload has no room for one more down. Once
-// it is available again the rotation pokes each pod, which releases it.
-func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
-	f := newFx(t)
+// restartSvc makes an injected restart-mode Deployment "svc" mounting
+// "db", with two pods (Ready as given) and as many available in its status
+// as are Ready; it returns a setter of that count and a getter of a pod's
+// annotations.
+func (f *fx) restartSvc(ready ...bool) (setAvailable func(int32), annotations func(string) map[string]string) {
+	t := f.t
+	t.Helper()
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "svc", Labels: map[string]string{wellknown.LabelInjected: "true"}},
 		Spec: appsv1.DeploymentSpec{
@@ -258,11 +257,10 @@ func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
 			},
 		},
 	}
-	d, err := f.c.AppsV1().Deployments(f.ns).Create(f.ctx, d, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := f.c.AppsV1().Deployments(f.ns).Create(f.ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	setAvailable := func(n int32) {
+	setAvailable = func(n int32) {
 		t.Helper()
 		cur, err := f.c.AppsV1().Deployments(f.ns).Get(f.ctx, "svc", metav1.GetOptions{})
 		if err != nil {
@@ -273,8 +271,12 @@ func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	setAvailable(1)
-	for i, ready := range []corev1.ConditionStatus{corev1.ConditionTrue, corev1.ConditionFalse} {
+	var available int32
+	for i, r := range ready {
+		status := corev1.ConditionFalse
+		if r {
+			status, available = corev1.ConditionTrue, available+1
+		}
 		p, err := f.c.CoreV1().Pods(f.ns).Create(f.ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i), Labels: map[string]string{"app": "svc"}},
 			Spec:       podSpec("db", "restart"),
@@ -282,12 +284,13 @@ func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: ready}}}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: status}}}
 		if _, err := f.c.CoreV1().Pods(f.ns).UpdateStatus(f.ctx, p, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	annotations := func(pod string) map[string]string {
+	setAvailable(available)
+	annotations = func(pod string) map[string]string {
 		t.Helper()
 		p, err := f.c.CoreV1().Pods(f.ns).Get(f.ctx, pod, metav1.GetOptions{})
 		if err != nil {
@@ -295,7 +298,29 @@ func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
 		}
 		return p.Annotations
 	}
+	return setAvailable, annotations
+}
 
+// released: both svc pods poked, neither held.
+func released(annotations func(string) map[string]string) bool {
+	for _, p := range []string{"svc-0", "svc-1"} {
+		a := annotations(p)
+		if _, held := a[wellknown.HeldAnnotation]; held || a[wellknown.RefreshAnnotation] == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// TestAPIWatchPostponedRotationHoldsItsPods: a restart-mode Deployment
+// with one of its two pods unavailable. Its rotation is postponed, and its
+// pods are held meanwhile (k8secrets.io/restart-held): the kubelet may give
+// them the new content on its own, and their agents must not restart them
+// after --turn-hold while the workload has no room for one more down. Once
+// it is available again the rotation pokes each pod, which releases it.
+func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
+	f := newFx(t)
+	setAvailable, annotations := f.restartSvc(true, false)
 	f.start("a", nil, nil)
 	f.until("a's baseline on svc", 30*time.Second, func() bool { return f.recorded("svc") != "" })
 	f.setSecret("db", "v1", nil)
@@ -312,13 +337,26 @@ func TestAPIWatchPostponedRotationHoldsItsPods(t *testing.T) {
 	}
 
 	setAvailable(2)
-	f.until("both svc pods poked and released", time.Minute, func() bool {
-		for _, p := range []string{"svc-0", "svc-1"} {
-			a := annotations(p)
-			if _, held := a[wellknown.HeldAnnotation]; held || a[wellknown.RefreshAnnotation] == "" {
-				return false
-			}
-		}
-		return true
+	f.until("both svc pods poked and released", time.Minute, func() bool { return released(annotations) })
+}
+
+// TestAPIWatchSuspendedRotationHoldsItsPods: a Secret that flaps trips the
+// breaker; while its rotations are suspended the kubelet still delivers
+// its content, so the restart-mode pods are held (no agent restarts its
+// app on its own after --turn-hold), and the rotation after the resume
+// releases them.
+func TestAPIWatchSuspendedRotationHoldsItsPods(t *testing.T) {
+	f := newFx(t)
+	_, annotations := f.restartSvc(true, true)
+	f.start("a", nil, func(o *Options) { o.Settle = 500 * time.Millisecond })
+	f.until("a's baseline on svc", 30*time.Second, func() bool { return f.recorded("svc") != "" })
+	for i := range DefaultBreakerChanges + 1 {
+		f.setSecret("db", fmt.Sprintf("v%d", i+1), nil)
+	}
+	f.until("the breaker trips on svc", 30*time.Second, func() bool { return f.eventsOn("Deployment/svc", ReasonRotationSuspended) == 1 })
+	f.until("both svc pods held while suspended", 30*time.Second, func() bool {
+		return annotations("svc-0")[wellknown.HeldAnnotation] != "" && annotations("svc-1")[wellknown.HeldAnnotation] != ""
 	})
+	f.setSecret("db", "", map[string]string{ResumeAnnotation: "now"})
+	f.until("both svc pods poked and released after the resume", time.Minute, func() bool { return released(annotations) })
 }
