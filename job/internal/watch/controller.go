@@ -724,7 +724,9 @@ func (c *Controller) sync(ctx context.Context, key string) {
 			c.leave(ctx, skey, rv, key) // a round of its own when it resumes
 			// The kubelet delivers the content meanwhile: restart-mode
 			// agents must not restart on their own after --turn-hold.
-			c.holdPods(ctx, w, []target{{id: id, secret: s}}, "rotations of secret %s are suspended (k8secrets.io/resume resumes them)")
+			c.holdPods(ctx, w, []target{{id: id, secret: s}}, func(secret string) string {
+				return fmt.Sprintf("rotations of secret %s are suspended (%s resumes them)", secret, ResumeAnnotation)
+			})
 			c.enqueue(key, until)
 			continue
 		}
@@ -755,7 +757,9 @@ func (c *Controller) sync(ctx context.Context, key string) {
 	if why := c.tooManyDown(w); why != "" {
 		c.log.Warn("rotation postponed", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "reason", why)
 		c.emit(ctx, workloadRef(w), corev1.EventTypeWarning, ReasonRotationPostponed, "Rotate", why)
-		c.holdPods(ctx, w, due, "the rotation of secret %s waits until pods of "+w.String()+" are available again")
+		c.holdPods(ctx, w, due, func(secret string) string {
+			return fmt.Sprintf("the rotation of secret %s waits until pods of %s are available again", secret, w)
+		})
 		c.enqueue(key, now.Add(c.o.MinInterval))
 		return
 	}
@@ -768,11 +772,11 @@ func (c *Controller) sync(ctx context.Context, key string) {
 }
 
 // holdPods holds the restart-mode pods of a postponed or suspended
-// rotation, whyf (with the Secret's name) saying why: the kubelet delivers
+// rotation, why (of the Secret's name) saying why: the kubelet delivers
 // the new content to them on its own meanwhile, and their agents would
 // restart on their own after --turn-hold, however many pods are down or
 // however often the Secret flaps. The rotation's pokes release them.
-func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []target, whyf string) {
+func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []target, why func(secret string) string) {
 	sel, err := metav1.LabelSelectorAsSelector(workload.Selector(w.Object))
 	if err != nil {
 		return
@@ -791,18 +795,17 @@ func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []ta
 		if done {
 			continue
 		}
-		why := c.clock.Now().UTC().Format(time.RFC3339) + ": " + fmt.Sprintf(whyf, d.secret.Name)
 		n, err := refresh.Hold(ctx, c.client, refresh.Options{
 			Namespace: w.Namespace(), Secret: d.secret.Name, AgentName: plan.AgentName(d.id), Selector: sel.String(),
-		}, why)
-		if err == nil {
-			c.mu.Lock()
-			c.held[hkey] = rv
-			c.mu.Unlock()
-		}
+		}, c.clock.Now().UTC().Format(time.RFC3339)+": "+why(d.secret.Name))
 		if err != nil {
 			c.log.Warn("hold the pods of a rotation that waits", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "error", err)
-		} else if n > 0 {
+			continue
+		}
+		c.mu.Lock()
+		c.held[hkey] = rv
+		c.mu.Unlock()
+		if n > 0 {
 			c.log.Info("held the pods of a rotation that waits, until their turn", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "pods", n)
 		}
 	}
