@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/k8secrets/k8secrets/internal/contentid"
+	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 	"github.com/k8secrets/k8secrets/job/internal/refresh"
 )
@@ -422,6 +423,9 @@ func (c *checker) pod(ctx context.Context, p *corev1.Pod, data map[string][]byte
 		out.State, out.Reason = Unreachable, fmt.Sprintf("its agent answered /status with HTTP %d", a.code)
 	default:
 		judge(&out, a.body, want, watchDirs(agent))
+	}
+	if why := p.Annotations[wellknown.HeldAnnotation]; out.State == Stale && why != "" {
+		out.Reason += fmt.Sprintf("; its restart is held until its turn (%s: %s)", wellknown.HeldAnnotation, why)
 	}
 	if out.State == Current || out.State == Unknown {
 		c.mu.Lock()

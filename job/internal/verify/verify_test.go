@@ -23,6 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/k8secrets/k8secrets/internal/contentid"
+	"github.com/k8secrets/k8secrets/internal/wellknown"
 	"github.com/k8secrets/k8secrets/job/internal/plan"
 )
 
@@ -152,6 +153,11 @@ func TestCheckStates(t *testing.T) {
 		{"stale: reload pending", func(t *testing.T) int32 {
 			return agent(t, serve(directory{Path: mountPath, Loaded: old, Seen: cur, State: "pending"}))
 		}, key, nil, Stale, "reload is pending"},
+		{"stale: held", func(t *testing.T) int32 {
+			return agent(t, serve(directory{Path: mountPath, Loaded: old, Seen: cur, State: "pending"}))
+		}, key, []podOpt{func(p *corev1.Pod) {
+			p.Annotations = map[string]string{wellknown.HeldAnnotation: "2026-12-01T12:00:00Z: refresh of secret db-creds restarts its pods one at a time"}
+		}}, Stale, "reload is pending; its restart is held until its turn (k8secrets.io/restart-held: 2026-12-01T12:00:00Z: refresh"},
 		{"stale: nothing loaded", func(t *testing.T) int32 {
 			return agent(t, serve(directory{Path: mountPath + "/", Seen: cur, State: "pending"}))
 		}, key, nil, Stale, "nothing loaded yet"},
