@@ -100,6 +100,12 @@ func TestHeldPodsWaitPastTheirTurnHold(t *testing.T) {
 			t.Errorf("held pod %s: agent state %q; want pending", p.Name, s.Directories[0].State)
 		}
 	}
+	// What status says of them: stale, held until their turn.
+	if out, stderr, code := runJobCode(ctx, t, c, ns, "status", "--secret", secret); strings.Count(out, "held until its turn") != 2 {
+		t.Errorf("status (exit %d) does not say of both held pods that they are held:\n%s\n%s", code, out, stderr)
+	} else {
+		t.Logf("status:\n%s", out)
+	}
 	if t.Failed() {
 		t.FailNow()
 	}
