@@ -133,17 +133,33 @@ func jobBinary(t *testing.T) string {
 // its report. The Job never prints Secret values, so its output may be shown.
 func runJob(ctx context.Context, t *testing.T, c *framework.Cluster, ns string, args ...string) string {
 	t.Helper()
+	stdout, stderr, code := runJobCode(ctx, t, c, ns, args...)
+	if code != 0 {
+		t.Fatalf("k8secrets-job %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout, stderr)
+	}
+	return stdout
+}
+
+// runJobCode runs k8secrets-job as runJob does, and returns its output and
+// exit code rather than failing on a non-zero one.
+func runJobCode(ctx context.Context, t *testing.T, c *framework.Cluster, ns string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	args = append(args, "--kubeconfig", c.Kubeconfig, "-n", ns)
 	cmd := exec.CommandContext(ctx, jobBinary(t), args...)
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	start := time.Now()
 	err := cmd.Run()
 	t.Logf("k8secrets-job %s: %.1fs", args[0], time.Since(start).Seconds())
-	if err != nil {
-		t.Fatalf("k8secrets-job %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	default:
+		t.Fatalf("k8secrets-job %s: %v", strings.Join(args, " "), err)
 	}
-	return stdout.String()
+	return out.String(), errOut.String(), code
 }
 
 func inject(ctx context.Context, t *testing.T, c *framework.Cluster, ns, secret, reload string) {

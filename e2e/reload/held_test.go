@@ -4,8 +4,6 @@ package reload
 
 import (
 	"context"
-	"errors"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -154,26 +152,4 @@ func editDeployment(ctx context.Context, t *testing.T, c *framework.Cluster, ns,
 	if err != nil {
 		t.Fatalf("edit deployment %s/%s: %v", ns, name, err)
 	}
-}
-
-// runJobCode runs k8secrets-job as runJob does, and returns its output and
-// exit code rather than failing on a non-zero one.
-func runJobCode(ctx context.Context, t *testing.T, c *framework.Cluster, ns string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	args = append(args, "--kubeconfig", c.Kubeconfig, "-n", ns)
-	cmd := exec.CommandContext(ctx, jobBinary(t), args...)
-	var out, errOut strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	start := time.Now()
-	err := cmd.Run()
-	t.Logf("k8secrets-job %s: %.1fs", args[0], time.Since(start).Seconds())
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
-		t.Fatalf("k8secrets-job %s: %v", strings.Join(args, " "), err)
-	}
-	return out.String(), errOut.String(), code
 }
