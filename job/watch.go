@@ -53,8 +53,8 @@ func (j *job) watch(ctx context.Context) error {
 // verdict sorts the pods of a verification: current ones are verified;
 // those that cannot say what they loaded (unknown: no /status, no content
 // key, no agent; unreachable: the agent did not answer) are neither
-// verified nor stale; the rest (stale, failed, refused) are known not to
-// run the current content.
+// verified nor stale; the rest (stale, failed, refused, and notReady: loaded
+// but the pod not Ready) are known not to run the current content.
 func verdict(r verify.Report) watch.Verdict {
 	v := watch.Verdict{Verified: r.Current, Total: r.Total}
 	for _, p := range r.Pods {

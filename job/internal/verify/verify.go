@@ -61,6 +61,11 @@ const (
 	// Unknown: the pod cannot say: an agent older than /status (404), no
 	// content key in its environment, or no agent for this Secret at all.
 	Unknown = "unknown"
+	// NotReady: the app has loaded the current content, but the pod is not
+	// Ready (an app that fails with it, or a pod unhealthy already);
+	// Reason names the containers. Not counted as current: an exit 0 of
+	// refresh --wait must hold when someone looks at the pods.
+	NotReady = "notReady"
 )
 
 // Role names the optional Role that lets verify through the pod proxy.
@@ -405,7 +410,7 @@ func (c *checker) pod(ctx context.Context, p *corev1.Pod, data map[string][]byte
 	m, ok := c.settled[podKey{p.Name, p.UID}]
 	c.mu.Unlock()
 	if ok && m.want == want {
-		return m.pod
+		return readiness(p, m.pod)
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
@@ -433,7 +438,53 @@ func (c *checker) pod(ctx context.Context, p *corev1.Pod, data map[string][]byte
 		c.mu.Unlock()
 	}
 	c.log.Debug("verified pod", "namespace", p.Namespace, "name", p.Name, "state", out.State, "reason", out.Reason, "via", c.via)
+	return readiness(p, out)
+}
+
+// readiness turns a current pod that is not Ready, as this check's list
+// shows it, into NotReady. Done on every check, the agent's answer
+// remembered or not: a pod that loaded the content and then failed is not
+// current.
+func readiness(p *corev1.Pod, out Pod) Pod {
+	if out.State == Current && notReady(p) {
+		out.State, out.Reason = NotReady, "loaded the current content, but the pod is not Ready: "+unready(p)
+	}
 	return out
+}
+
+// notReady: the pod reports its Ready condition, and it is not true. A
+// pod that reports none (a test's, or one not yet synced) is not judged.
+func notReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status != corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// unready names the pod's containers that are not ready, with the reason
+// the kubelet gives (CrashLoopBackOff, Error) and their restarts; never
+// their messages, which may quote an app's output.
+func unready(p *corev1.Pod) string {
+	var out []string
+	for _, cs := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+		if cs.Ready || cs.State.Terminated != nil && cs.State.Terminated.Reason == "Completed" {
+			continue
+		}
+		why := "not ready"
+		switch {
+		case cs.State.Waiting != nil && cs.State.Waiting.Reason != "":
+			why = "waiting: " + cs.State.Waiting.Reason
+		case cs.State.Terminated != nil && cs.State.Terminated.Reason != "":
+			why = "terminated: " + cs.State.Terminated.Reason
+		}
+		out = append(out, fmt.Sprintf("container %s %s (restarts %d)", cs.Name, why, cs.RestartCount))
+	}
+	if len(out) == 0 {
+		return "its Ready condition is false"
+	}
+	return strings.Join(out, ", ")
 }
 
 // workloadOf names the pod's controller, a ReplicaSet's by its Deployment.

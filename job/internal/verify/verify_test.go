@@ -158,6 +158,18 @@ func TestCheckStates(t *testing.T) {
 		}, key, []podOpt{func(p *corev1.Pod) {
 			p.Annotations = map[string]string{wellknown.HeldAnnotation: "2026-12-01T12:00:00Z: refresh of secret db-creds restarts its pods one at a time"}
 		}}, Stale, "reload is pending; its restart is held until its turn (k8secrets.io/restart-held: 2026-12-01T12:00:00Z: refresh"},
+		{"notReady: loaded, the app crash-looping", func(t *testing.T) int32 {
+			return agent(t, serve(directory{Path: mountPath, Loaded: cur, Seen: cur, State: "loaded"}))
+		}, key, []podOpt{func(p *corev1.Pod) {
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}}
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", RestartCount: 3,
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: "back-off 40s restarting failed container"}}}}
+		}}, NotReady, "loaded the current content, but the pod is not Ready: container app waiting: CrashLoopBackOff (restarts 3)"},
+		{"current: Ready", func(t *testing.T) int32 {
+			return agent(t, serve(directory{Path: mountPath, Loaded: cur, Seen: cur, State: "loaded", LoadedAt: "2026-12-01T01:02:03.5Z"}))
+		}, key, []podOpt{func(p *corev1.Pod) {
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		}}, Current, ""},
 		{"stale: nothing loaded", func(t *testing.T) int32 {
 			return agent(t, serve(directory{Path: mountPath + "/", Seen: cur, State: "pending"}))
 		}, key, nil, Stale, "nothing loaded yet"},

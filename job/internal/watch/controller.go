@@ -1000,7 +1000,7 @@ func (c *Controller) rotate(ctx context.Context, w workload.Workload, d target) 
 		note = fmt.Sprintf("secret %s: could not verify the pods of %s: %v", s.Name, w, err)
 	case len(v.Stale) > 0:
 		result, typ, reason = "stale", corev1.EventTypeWarning, ReasonReloadFailed
-		note = fmt.Sprintf("secret %s: %d of %d pods have not loaded its current content within %s: %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown)
+		note = fmt.Sprintf("secret %s: %d of %d pods do not run its current content within %s (stale, failed, refused, or loaded but not Ready): %s%s", s.Name, len(v.Stale), v.Total, c.o.VerifyTimeout, list(v.Stale), unknown)
 	case len(v.Unknown) > 0:
 		result, typ, reason = "unknown", corev1.EventTypeWarning, ReasonUnverified
 		note = fmt.Sprintf("secret %s: refreshed, but %d of %d pods of %s could not say what they loaded, so the rotation is not verified for them (%d verified): %s", s.Name, len(v.Unknown), v.Total, w, v.Verified, list(v.Unknown))
