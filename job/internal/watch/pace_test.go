@@ -517,7 +517,7 @@ func TestWatchRotationOutcome(t *testing.T) {
 		{name: "one verified, one unreachable", verdict: Verdict{Verified: 1, Total: 2, Unknown: []string{"web-1 (unreachable: connection refused)"}},
 			reason: ReasonUnverified, typ: corev1.EventTypeWarning, result: "unknown", note: []string{"1 of 2 pods", "web-1 (unreachable", "1 verified"}},
 		{name: "stale and unknown", verdict: Verdict{Total: 2, Stale: []string{"web-0 (failed: exit 1)"}, Unknown: []string{"web-1 (unknown: no key)"}},
-			reason: ReasonReloadFailed, typ: corev1.EventTypeWarning, result: "stale", note: []string{"1 of 2 pods have not loaded", "web-0 (failed", "1 could not say what they loaded: web-1"}},
+			reason: ReasonReloadFailed, typ: corev1.EventTypeWarning, result: "stale", note: []string{"1 of 2 pods do not run its current content", "web-0 (failed", "1 could not say what they loaded: web-1"}},
 		{name: "verification impossible", err: errors.New("cannot verify the pods: pods/proxy forbidden"),
 			reason: ReasonReloadFailed, typ: corev1.EventTypeWarning, result: "unverified", note: []string{"could not verify the pods of Deployment"}},
 	} {
