@@ -24,7 +24,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/pager"
 	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/k8secrets/k8secrets/internal/wellknown"
@@ -64,31 +63,18 @@ type Result struct {
 // agent restarts the app are poked one at a time, each restarted and Ready
 // before the next, so a refresh never takes all replicas down together.
 func Pods(ctx context.Context, client kubernetes.Interface, o Options, log *slog.Logger) ([]Result, error) {
+	// Paged: a namespace of ten thousand pods is not one response.
+	pods, err := Mounting(ctx, client, o.Namespace, o.Secret, o.Selector)
+	if err != nil {
+		return nil, err
+	}
 	var now, oneByOne []*corev1.Pod
-	// Paged, as workload.RunningPods: a namespace of ten thousand pods is
-	// not one response. Only the pods that mount the Secret are kept.
-	p := pager.New(func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
-		return client.CoreV1().Pods(o.Namespace).List(ctx, lo)
-	})
-	p.PageSize = pageSize
-	err := p.EachListItem(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String(),
-		LabelSelector: o.Selector,
-	}, func(obj runtime.Object) error {
-		pod := obj.(*corev1.Pod)
-		if pod.DeletionTimestamp != nil || !mounts(pod, o.Secret) {
-			return nil
-		}
-		pod = pod.DeepCopy() // not a pointer into the page
+	for _, pod := range pods {
 		if Restarts(pod, o.AgentName) {
 			oneByOne = append(oneByOne, pod)
 		} else {
 			now = append(now, pod)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list pods in %s: %w", o.Namespace, err)
 	}
 	out, err := pokeAll(ctx, client, now)
 	if err != nil {

@@ -724,7 +724,7 @@ func (c *Controller) sync(ctx context.Context, key string) {
 			c.leave(ctx, skey, rv, key) // a round of its own when it resumes
 			// The kubelet delivers the content meanwhile: restart-mode
 			// agents must not restart on their own after --turn-hold.
-			c.holdPods(ctx, w, []target{{id: id, secret: s}}, func(secret string) string {
+			c.holdPods(ctx, w, []target{{id: id, secret: s, rv: rv}}, func(secret string) string {
 				return fmt.Sprintf("rotations of secret %s are suspended (%s resumes them)", secret, ResumeAnnotation)
 			})
 			c.enqueue(key, until)
@@ -789,8 +789,7 @@ func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []ta
 		// each change, and the pods held stay held until a poke.
 		hkey := workloadKey(w) + "/" + d.id
 		c.mu.Lock()
-		rv := c.dataRV[secretKey(d.secret.Namespace, d.secret.Name)]
-		done := c.held[hkey] == rv
+		done := c.held[hkey] == d.rv
 		c.mu.Unlock()
 		if done {
 			continue
@@ -803,7 +802,7 @@ func (c *Controller) holdPods(ctx context.Context, w workload.Workload, due []ta
 			continue
 		}
 		c.mu.Lock()
-		c.held[hkey] = rv
+		c.held[hkey] = d.rv
 		c.mu.Unlock()
 		if n > 0 {
 			c.log.Info("held the pods of a rotation that waits, until their turn", "kind", w.Kind(), "namespace", w.Namespace(), "name", w.Name(), "secret", d.secret.Name, "pods", n)
